@@ -1,0 +1,199 @@
+"""A private PostgreSQL 15 cluster in the state folder, on its own loopback port.
+
+initdb, pg_ctl and postgres refuse to run as root (INFRA-NOTES.md), so as root the cluster
+belongs to an unprivileged system user, `ptastack`, created on first use. After start,
+`configure` creates the application role and database and applies the migrations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+
+from common import migrate
+from infra.server import Health, Layout, Program, ServerNotReady, StackError
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+OS_USER = "ptastack"
+APP_ROLE = "pta"
+APP_DB = "pta"
+
+
+def _ensure_os_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(OS_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        return pwd.getpwnam(OS_USER)
+
+
+class Postgres:
+    """The private cloud database of one stack."""
+
+    name = "postgres"
+
+    def __init__(self, layout: Layout, password: str, *, durable: bool = True) -> None:
+        self.layout = layout
+        self.dir = layout.server_dir("postgres")
+        self.data = self.dir / "data"
+        self.sockets = self.dir / "run"
+        self.password = password  # the same password for the superuser and the app role
+        self.durable = durable
+        self.port = layout.ports.postgres
+        self.is_root = os.geteuid() == 0
+
+    # -- DSNs --------------------------------------------------------------------------
+
+    def dsn(self, database: str = APP_DB, user: str = APP_ROLE) -> str:
+        return (
+            f"postgresql://{quote(user, safe='')}:{quote(self.password, safe='')}"
+            f"@127.0.0.1:{self.port}/{quote(database, safe='')}"
+        )
+
+    @property
+    def admin_dsn(self) -> str:
+        return self.dsn("postgres", "postgres")
+
+    # -- Server protocol ---------------------------------------------------------------
+
+    def _as_owner(self) -> list[str]:
+        return (
+            ["setpriv", f"--reuid={OS_USER}", f"--regid={OS_USER}", "--init-groups"]
+            if (self.is_root)
+            else []
+        )
+
+    def prepare(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        if self.data.exists():
+            shutil.rmtree(self.data)  # a half-made cluster from an interrupted first start
+        self.sockets.mkdir(parents=True, exist_ok=True)
+        pwfile = self.dir / "initdb.pw"
+        pwfile.write_text(self.password + "\n")
+        pwfile.chmod(0o600)
+        if self.is_root:
+            user = _ensure_os_user()
+            for path in (self.dir, self.sockets, pwfile):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        self.dir.chmod(0o700)
+        try:
+            result = subprocess.run(
+                [
+                    *self._as_owner(),
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    f"--pwfile={pwfile}",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                cwd="/",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise StackError(f"initdb failed: {result.stderr.strip()[-2000:]}")
+
+    def program(self) -> Program:
+        settings = [
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", f"unix_socket_directories={self.sockets}",
+            "-c", "max_connections=200",
+            "-c", "log_min_messages=warning",
+        ]  # fmt: skip
+        if not self.durable:
+            # The test stack is thrown away: trade crash safety for speed.
+            settings += ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                         "-c", "full_page_writes=off"]  # fmt: skip
+        return Program(
+            name="postgres",
+            command=[
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                *settings,
+            ],
+            user=OS_USER if self.is_root else None,
+            directory=str(self.dir),
+            stop_signal="INT",  # fast shutdown
+            stop_wait_s=30,
+        )
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Ready = `SELECT 1` as the superuser over TCP with SCRAM."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            try:
+                conn = await asyncpg.connect(self.admin_dsn, timeout=2)
+                try:
+                    await conn.fetchval("SELECT 1")
+                finally:
+                    await conn.close()
+                return
+            except Exception as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(0.1)
+        raise ServerNotReady(
+            f"PostgreSQL not ready after {timeout_s:.0f} s ({last}); "
+            f"see {self.layout.logs_dir / 'postgres.log'}"
+        )
+
+    async def configure(self) -> None:
+        """Create the app role and database (idempotent) and apply the migrations."""
+        conn = await asyncpg.connect(self.admin_dsn, timeout=10)
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE):
+                # Identifiers cannot be bound parameters; both are constants of this module.
+                await conn.execute(f"CREATE ROLE {APP_ROLE} LOGIN CREATEDB")
+            # ALTER ROLE ... PASSWORD takes no parameters either; quote_literal does the quoting
+            # inside the server so the password never needs escaping here.
+            quoted = await conn.fetchval("SELECT quote_literal($1::text)", self.password)
+            await conn.execute(f"ALTER ROLE {APP_ROLE} PASSWORD {quoted}")
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", APP_DB):
+                await conn.execute(f"CREATE DATABASE {APP_DB} OWNER {APP_ROLE}")
+        finally:
+            await conn.close()
+        app = await asyncpg.connect(self.dsn(), timeout=10)
+        try:
+            await migrate.apply(app)
+        finally:
+            await app.close()
+
+    async def health(self) -> Health:
+        endpoint = f"postgresql://127.0.0.1:{self.port}"
+        try:
+            conn = await asyncpg.connect(self.dsn(), timeout=3)
+            try:
+                version = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+            finally:
+                await conn.close()
+            return Health(self.name, True, endpoint, f"schema v{version}")
+        except Exception as exc:
+            return Health(self.name, False, endpoint, type(exc).__name__)

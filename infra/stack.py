@@ -1,0 +1,231 @@
+"""The whole dev/test stack in one state folder: bring it up, tear it down, report health.
+
+`up` is idempotent: on a running stack it reports what runs and starts what stopped. It
+waits for real readiness (AMQP handshake, `SELECT 1`, an LDAP bind), applies the schema,
+seeds the demo tenants and writes `<state>/stack.json` (the contract of DESIGN.md).
+`down` stops every process it started, checked by pid, and leaves none behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from infra import preflight
+from infra.demo import Demo, load_or_create
+from infra.postgres import Postgres
+from infra.rabbitmq import RabbitMQ
+from infra.seed import seed_cloud
+from infra.server import Health, Layout, Ports, Program, StackError
+from infra.slapd import Slapd
+from infra.supervisor import Supervisor
+
+DEFAULT_PORT_BASE = 27100
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass(slots=True)
+class UpReport:
+    was_running: bool
+    started: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+class Stack:
+    """One stack: its layout, servers, supervisor and demo data."""
+
+    def __init__(self, state_dir: Path, port_base: int | None = None, *,
+                 durable: bool = True) -> None:  # fmt: skip
+        self.state_dir = state_dir.resolve()
+        self.layout = Layout(self.state_dir, Ports.from_base(self._port_base(port_base)))
+        self.durable = durable
+        self.demo: Demo = load_or_create(self.state_dir / "demo.json")
+        self.rabbitmq = RabbitMQ(
+            self.layout,
+            self.demo.rabbitmq_admin_user,
+            self.demo.rabbitmq_admin_password,
+            durable=durable,
+        )
+        self.postgres = Postgres(self.layout, self.demo.postgres_password, durable=durable)
+        self.slapd = Slapd(self.layout, self.demo)
+        self.supervisor = Supervisor(self.layout)
+
+    # -- layout persistence ------------------------------------------------------------
+
+    def _port_base(self, requested: int | None) -> int:
+        """The port base is fixed at the first `up` and kept in <state>/layout.json."""
+        path = self.state_dir / "layout.json"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Traversable but not listable: the postgres OS user must reach its own folder.
+        self.state_dir.chmod(0o711)
+        if path.exists():
+            stored = int(json.loads(path.read_text())["port_base"])
+            if requested is not None and requested != stored:
+                raise StackError(
+                    f"{self.state_dir} was created with --port-base {stored}; "
+                    f"run `pta-stack down` and remove it to change ports"
+                )
+            return stored
+        base = requested if requested is not None else DEFAULT_PORT_BASE
+        path.write_text(json.dumps({"port_base": base}) + "\n")
+        return base
+
+    # -- URLs ------------------------------------------------------------------------
+
+    @property
+    def ldap_url(self) -> str:
+        return self.slapd.url
+
+    @property
+    def amqp_url(self) -> str:
+        return self.rabbitmq.amqp_url
+
+    @property
+    def postgres_dsn(self) -> str:
+        return self.postgres.dsn()
+
+    # -- programs ----------------------------------------------------------------------
+
+    @property
+    def servers(self) -> list[RabbitMQ | Postgres | Slapd]:
+        return [self.rabbitmq, self.postgres, self.slapd]
+
+    def programs(self) -> list[Program]:
+        return [*self.rabbitmq.programs(), self.postgres.program(), self.slapd.program()]
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def up(self, *, install_packages: bool = True) -> UpReport:
+        """Start what is not running, wait for readiness, configure, write stack.json."""
+        t0 = time.monotonic()
+        if install_packages:
+            preflight.ensure_packages()
+        report = UpReport(was_running=self.supervisor.is_running())
+        programs = self.programs()
+        if report.was_running:
+            changed = self.supervisor.update(programs)
+            states = self.supervisor.states()
+            for prog in programs:
+                if states.get(prog.name) is None or states[prog.name].state != "RUNNING":
+                    self.supervisor.start_program(prog.name)
+                    report.started.append(prog.name)
+            report.started += [c for c in changed if c not in report.started]
+        else:
+            preflight.check_ports_free(self.layout.ports.listening())
+            await asyncio.gather(*(asyncio.to_thread(s.prepare) for s in self.servers))
+            self.supervisor.start(programs)
+            report.started = [p.name for p in programs]
+        try:
+            await asyncio.gather(*(s.wait_ready(READY_TIMEOUT_S) for s in self.servers))
+            for server in self.servers:
+                await server.configure()
+            await self._seed()
+        except BaseException:
+            if not report.was_running:
+                self.supervisor.shutdown()  # a failed first start leaves nothing running
+            raise
+        self.write_stack_json()
+        report.elapsed_s = time.monotonic() - t0
+        return report
+
+    async def _seed(self) -> None:
+        conn = await asyncpg.connect(self.postgres.dsn(), timeout=10)
+        try:
+            await seed_cloud(conn, self.demo)
+        finally:
+            await conn.close()
+
+    def down(self) -> list[int]:
+        """Stop everything; returns the pids stopped."""
+        return self.supervisor.shutdown()
+
+    async def status(self) -> list[Health]:
+        """Health of every component (servers answer their protocol; processes by state)."""
+        if not self.supervisor.is_running():
+            return [Health(s.name, False, "", "not running (pta-stack up)") for s in self.servers]
+        return list(await asyncio.gather(*(s.health() for s in self.servers)))
+
+    # -- the contract ------------------------------------------------------------------
+
+    @property
+    def stack_json_path(self) -> Path:
+        return self.state_dir / "stack.json"
+
+    def stack_json(self) -> dict[str, Any]:
+        """The stack.json document (DESIGN.md "Running it"); later issues add services."""
+        p = self.layout.ports
+        return {
+            "state_dir": str(self.state_dir),
+            "servers": {
+                "amqp_url": self.rabbitmq.amqp_url,
+                "amqp_management_url": self.rabbitmq.management_url,
+                "amqp_admin": {
+                    "username": self.demo.rabbitmq_admin_user,
+                    "password": self.demo.rabbitmq_admin_password,
+                },
+                "postgres_dsn": self.postgres.dsn(),
+                "postgres_admin_dsn": self.postgres.admin_dsn,
+                "ldap_url": self.slapd.url,
+                "ldaps_url": self.slapd.ldaps_url,
+                "ldap_admin": {
+                    "dn": self.demo.ldap_admin_dn,
+                    "password": self.demo.ldap_admin_password,
+                },
+            },
+            "ports": p.listening(),
+            "logs_dir": str(self.layout.logs_dir),
+            "tenants": [
+                {
+                    "id": t.id,
+                    "name": t.name,
+                    "domain": t.domain,
+                    "base_dn": t.base_dn,
+                    "directory_service_account": {
+                        "dn": t.service_dn,
+                        "password": t.service_password,
+                    },
+                    "admin": {"username": t.admin_username, "password": t.admin_password},
+                    "app": {"client_id": t.app_client_id, "redirect_uri": t.app_redirect_uri},
+                    # Named users in every state, then the bulk users (all active) so that a
+                    # reader of `users` alone sees every account it may sign in with.
+                    "users": [
+                        {"username": u.username, "password": u.password, "state": str(u.state)}
+                        for u in t.users
+                    ]
+                    + [
+                        {
+                            "username": f"{t.bulk_uid(n)}@{t.domain}",
+                            "password": t.bulk_password,
+                            "state": "active",
+                        }
+                        for n in range(1, t.bulk_count + 1)
+                    ],
+                    "bulk_users": {
+                        "first": f"{t.bulk_uid(1)}@{t.domain}",
+                        "last": f"{t.bulk_uid(t.bulk_count)}@{t.domain}",
+                        "pattern": f"{t.bulk_prefix}{{n:04d}}@{t.domain}",
+                        "count": t.bulk_count,
+                        "password": t.bulk_password,
+                        "state": "active",
+                    },
+                }
+                for t in self.demo.tenants
+            ],
+            "agents": [],
+        }
+
+    def write_stack_json(self) -> None:
+        """Write stack.json atomically with mode 0600 (it holds the demo credentials)."""
+        tmp = self.stack_json_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.stack_json(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, self.stack_json_path)

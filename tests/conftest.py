@@ -1,0 +1,45 @@
+"""Session fixtures: one private stack for the whole test run.
+
+The suite never uses a stack started with `make up`: it starts its own in a fresh temporary
+state folder on free ports and stops it at the end. If the stack cannot start, the run fails
+with the reason (no silent skip).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from infra.ports import free_port_base
+from infra.stack import Stack
+
+
+def make_state_dir(prefix: str) -> Path:
+    # Not under pytest's tmp_path: that is 0700 and the postgres OS user must traverse it.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stack() -> AsyncIterator[Stack]:
+    """The test run's private stack (RabbitMQ, PostgreSQL, slapd), up and seeded."""
+    state = make_state_dir("pta-test-")
+    s = Stack(state, free_port_base(), durable=False)
+    try:
+        await s.up()
+    except BaseException as exc:
+        logs = state / "logs"
+        pytest.fail(f"the test stack did not start: {exc}\nlogs: {logs}", pytrace=False)
+    try:
+        yield s
+    finally:
+        s.down()
+        if not os.environ.get("PTA_KEEP_TEST_STATE"):
+            shutil.rmtree(state, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""The package import rules of STYLE.md section 1, checked by walking every module's imports.
+
+common imports none of the others; agent and updater never import sts or ca and the reverse;
+infra imports nothing from the services (it starts them as processes).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("common", "sts", "ca", "agent", "updater", "infra")
+FORBIDDEN: dict[str, set[str]] = {
+    "common": {"sts", "ca", "agent", "updater", "infra"},
+    "agent": {"sts", "ca", "infra"},
+    "updater": {"sts", "ca", "infra"},
+    "sts": {"agent", "updater", "ca", "infra"},
+    "ca": {"agent", "updater", "sts", "infra"},
+    "infra": {"sts", "ca", "agent", "updater"},
+}
+
+
+def _imported_top_levels(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_imports_only_what_it_may(package: str) -> None:
+    violations = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        bad = _imported_top_levels(path) & FORBIDDEN[package]
+        if bad:
+            violations.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert violations == []
+
+
+def test_the_walker_sees_imports(tmp_path: Path) -> None:
+    sample = tmp_path / "m.py"
+    sample.write_text("import sts.app\nfrom ca import x\nfrom . import y\n")
+    assert _imported_top_levels(sample) == {"sts", "ca"}
