@@ -55,7 +55,7 @@ def main() -> None:
 @click.option("--no-install", is_flag=True, help="Do not apt-get install missing server packages.")
 def up(state_dir: Path, port_base: int | None, ephemeral: bool, no_install: bool) -> None:
     """Start the stack (idempotent) and write <state-dir>/stack.json."""
-    console = Console()
+    console = _console()
     try:
         stack = Stack(state_dir, port_base, durable=not ephemeral)
         report = asyncio.run(stack.up(install_packages=not no_install))
@@ -92,8 +92,13 @@ def status(state_dir: Path) -> None:
         click.echo(f"no stack in {state_dir} (run: pta-stack up)")
         sys.exit(1)
     stack = Stack(state_dir)
-    if not _print_status(stack, Console()):
+    if not _print_status(stack, _console()):
         sys.exit(1)
+
+
+def _console() -> Console:
+    # Off a terminal (make, CI logs) rich would wrap at 80 columns and cut the URLs.
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _print_status(stack: Stack, console: Console) -> bool:

@@ -18,12 +18,13 @@ from typing import Any
 
 import asyncpg
 
-from infra import preflight
+from infra import certs, preflight
 from infra.demo import Demo, load_or_create
 from infra.postgres import Postgres
 from infra.rabbitmq import RabbitMQ
 from infra.seed import seed_cloud
 from infra.server import Health, Layout, Ports, Program, StackError
+from infra.services import Services
 from infra.slapd import Slapd
 from infra.supervisor import Supervisor
 
@@ -41,8 +42,14 @@ class UpReport:
 class Stack:
     """One stack: its layout, servers, supervisor and demo data."""
 
-    def __init__(self, state_dir: Path, port_base: int | None = None, *,
-                 durable: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state_dir: Path,
+        port_base: int | None = None,
+        *,
+        durable: bool = True,
+        with_services: bool = True,
+    ) -> None:
         self.state_dir = state_dir.resolve()
         self.layout = Layout(self.state_dir, Ports.from_base(self._port_base(port_base)))
         self.durable = durable
@@ -56,6 +63,17 @@ class Stack:
         self.postgres = Postgres(self.layout, self.demo.postgres_password, durable=durable)
         self.slapd = Slapd(self.layout, self.demo)
         self.supervisor = Supervisor(self.layout)
+        self.with_services = with_services
+        self.pki = certs.StackPki(self.state_dir / "pki")
+        self.services = Services(
+            self.layout,
+            self.demo,
+            self.pki,
+            postgres_dsn=self.postgres.dsn(),
+            amqp_url=self.rabbitmq.amqp_url,
+            amqp_public_url=self.rabbitmq.public_amqp_url,
+            amqp_management_url=self.rabbitmq.management_url,
+        )
 
     # -- layout persistence ------------------------------------------------------------
 
@@ -97,43 +115,84 @@ class Stack:
     def servers(self) -> list[RabbitMQ | Postgres | Slapd]:
         return [self.rabbitmq, self.postgres, self.slapd]
 
-    def programs(self) -> list[Program]:
+    def server_programs(self) -> list[Program]:
         return [*self.rabbitmq.programs(), self.postgres.program(), self.slapd.program()]
+
+    def programs(self) -> list[Program]:
+        """Everything the supervisor runs once the stack is fully up."""
+        if not self.with_services:
+            return self.server_programs()
+        return [
+            *self.server_programs(),
+            *self.services.cloud_programs(),
+            *self.services.agent_programs(),
+        ]
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def up(self, *, install_packages: bool = True) -> UpReport:
-        """Start what is not running, wait for readiness, configure, write stack.json."""
+        """Start what is not running, wait for readiness, configure, write stack.json.
+
+        Order: servers (ready, schema, seed) → STS and CA → agents registered through
+        `pta-agent register` → agents started. Each step is idempotent.
+        """
         t0 = time.monotonic()
         if install_packages:
             preflight.ensure_packages()
         report = UpReport(was_running=self.supervisor.is_running())
-        programs = self.programs()
-        if report.was_running:
-            changed = self.supervisor.update(programs)
-            states = self.supervisor.states()
-            for prog in programs:
-                if states.get(prog.name) is None or states[prog.name].state != "RUNNING":
-                    self.supervisor.start_program(prog.name)
-                    report.started.append(prog.name)
-            report.started += [c for c in changed if c not in report.started]
-        else:
-            preflight.check_ports_free(self.layout.ports.listening())
-            await asyncio.gather(*(asyncio.to_thread(s.prepare) for s in self.servers))
-            self.supervisor.start(programs)
-            report.started = [p.name for p in programs]
         try:
+            if report.was_running:
+                report.started += self._start_missing(self.programs())
+            else:
+                preflight.check_ports_free(self.layout.ports.listening())
+                await asyncio.gather(
+                    *(asyncio.to_thread(s.prepare) for s in self.servers),
+                    asyncio.to_thread(certs.ensure, self.pki.dir),
+                )
+                self.supervisor.start(self.server_programs())
+                report.started = [p.name for p in self.server_programs()]
             await asyncio.gather(*(s.wait_ready(READY_TIMEOUT_S) for s in self.servers))
             for server in self.servers:
                 await server.configure()
             await self._seed()
+            if self.with_services:
+                # programs() lists only agents already registered: never a config that
+                # drops a running program (supervisorctl update would stop it).
+                report.started += self._start_missing(self.programs())
+                await self.services.wait_ready(READY_TIMEOUT_S)
+                await asyncio.to_thread(self.services.register_missing_agents)
+                agents_since = time.time()
+                started_agents = self._start_missing(self.programs())
+                report.started += started_agents
+                if any(name.startswith("agent-") for name in started_agents):
+                    await self.services.wait_agents_active(agents_since, READY_TIMEOUT_S)
         except BaseException:
             if not report.was_running:
                 self.supervisor.shutdown()  # a failed first start leaves nothing running
             raise
+        report.started = list(dict.fromkeys(report.started))  # each name once, in order
         self.write_stack_json()
         report.elapsed_s = time.monotonic() - t0
         return report
+
+    def _start_missing(self, programs: list[Program]) -> list[str]:
+        """Add these programs to the running supervisor, start any not running.
+
+        Returns the programs that were not RUNNING before: started now by us, or by
+        supervisord's autostart when `update` added them.
+        """
+        before = self.supervisor.states()
+        self.supervisor.update(programs)
+        now = self.supervisor.states()
+        started = []
+        for prog in programs:
+            was = before.get(prog.name)
+            if was is None or was.state != "RUNNING":
+                started.append(prog.name)
+            st = now.get(prog.name)
+            if st is None or st.state not in ("RUNNING", "STARTING"):
+                self.supervisor.start_program(prog.name)
+        return started
 
     async def _seed(self) -> None:
         conn = await asyncpg.connect(self.postgres.dsn(), timeout=10)
@@ -150,7 +209,11 @@ class Stack:
         """Health of every component (servers answer their protocol; processes by state)."""
         if not self.supervisor.is_running():
             return [Health(s.name, False, "", "not running (pta-stack up)") for s in self.servers]
-        return list(await asyncio.gather(*(s.health() for s in self.servers)))
+        healths = list(await asyncio.gather(*(s.health() for s in self.servers)))
+        if self.with_services:
+            healths += await self.services.health()
+            healths += await self.services.agent_health()
+        return healths
 
     # -- the contract ------------------------------------------------------------------
 
@@ -162,6 +225,12 @@ class Stack:
         """The stack.json document (DESIGN.md "Running it"); later issues add services."""
         p = self.layout.ports
         return {
+            "sts_url": self.services.sts_url,
+            "sts_urls": self.services.sts_urls,
+            "ca_url": self.services.ca_url,
+            "crl_url": self.services.crl_url,
+            "ca_bundle": str(self.pki.service_ca_cert),
+            "pta_ca": str(self.pki.pta_ca_cert),
             "state_dir": str(self.state_dir),
             "servers": {
                 "amqp_url": self.rabbitmq.amqp_url,
@@ -218,7 +287,7 @@ class Stack:
                 }
                 for t in self.demo.tenants
             ],
-            "agents": [],
+            "agents": self.services.stack_json_agents(),
         }
 
     def write_stack_json(self) -> None:

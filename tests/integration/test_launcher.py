@@ -19,8 +19,23 @@ pytestmark = pytest.mark.stack
 
 async def test_session_stack_is_healthy(stack: Stack) -> None:
     healths = await stack.status()
-    assert {h.name for h in healths} == {"rabbitmq", "postgres", "slapd"}
+    names = {h.name for h in healths}
+    assert {"rabbitmq", "postgres", "slapd", "sts", "sts2", "ca"} <= names
+    assert len([n for n in names if n.startswith("agent-")]) == 5
     assert all(h.is_healthy for h in healths), healths
+
+
+async def test_every_process_runs_including_five_agents(stack: Stack) -> None:
+    states = stack.supervisor.states()
+    agents = sorted(name for name in states if name.startswith("agent-"))
+    assert agents == [
+        "agent-contoso-1",
+        "agent-contoso-2",
+        "agent-contoso-3",
+        "agent-fabrikam-1",
+        "agent-fabrikam-2",
+    ]
+    assert all(st.state == "RUNNING" for st in states.values()), states
 
 
 async def test_second_up_is_a_noop(stack: Stack) -> None:
@@ -58,7 +73,7 @@ async def test_stack_json_contract(stack: Stack) -> None:
 async def test_up_then_down_leaves_no_process() -> None:
     state = make_state_dir("pta-launcher-")
     try:
-        s = Stack(state, free_port_base(), durable=False)
+        s = Stack(state, free_port_base(), durable=False, with_services=False)
         await s.up()
         procs = s.supervisor.processes()
         pids = [p.pid for p in procs]
@@ -83,7 +98,7 @@ async def test_port_taken_names_port_and_holder() -> None:
     state = make_state_dir("pta-ports-")
     base = free_port_base()
     try:
-        s = Stack(state, base, durable=False)
+        s = Stack(state, base, durable=False, with_services=False)
         port = s.layout.ports.postgres
         with socket.socket() as squatter:
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -102,7 +117,7 @@ async def test_port_taken_names_port_and_holder() -> None:
 def test_stale_pid_file_is_recognised(tmp_path: Path) -> None:
     state = make_state_dir("pta-stale-")
     try:
-        s = Stack(state, free_port_base(), durable=False)
+        s = Stack(state, free_port_base(), durable=False, with_services=False)
         s.layout.run_dir.mkdir(parents=True, exist_ok=True)
         # A pid that is certainly not our supervisord: this test process itself.
         s.supervisor.pid_file.write_text(f"{psutil.Process().pid}\n")

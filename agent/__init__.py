@@ -1,0 +1,28 @@
+"""pta-agent: the on-premises pass-through authentication agent (CLI and daemon).
+
+What it does (DESIGN.md flows 1, 2 and 4): ``pta-agent register`` obtains a tenant admin's
+token from the STS, makes an RSA-2048 key and a CSR locally and registers with the CA,
+which returns the agent's client certificate; ``pta-agent run`` bootstraps over mutual
+TLS for scoped broker credentials, keeps one robust AMQP connection to the tenant's queue,
+sends heartbeats and bootstraps again before the credentials expire; ``status`` and
+``unregister`` show and end a registration. Validating sign-in requests (the consumer),
+certificate renewal, ``test-logon`` and ``sync`` arrive with later issues.
+
+Modules, one concept each: ``cli`` (commands), ``settings`` (``PTA_AGENT_*``), ``state``
+(the state folder), ``https`` (pinned HTTPS and its errors), ``signin`` (admin tokens
+from the STS), ``cloud`` (the CA API), ``registration`` (register/unregister flows),
+``broker`` (the AMQP link), ``heartbeat``, ``runner`` (the daemon), ``errors``.
+
+Run: ``pta-agent register --tenant contoso.test --server https://ca.example
+--ca-bundle service-ca.pem``, then ``pta-agent run``; ``pta-agent --help`` for the rest.
+The agent never imports ``sts`` or ``ca``: it talks to them over HTTPS only.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("pta")
+except metadata.PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"

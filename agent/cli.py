@@ -1,0 +1,484 @@
+"""``pta-agent``: register, inspect, run and unregister the on-premises agent.
+
+The only module that reads the environment (through click ``envvar`` options and
+``settings.load_settings``), configures logging, installs signal handlers and picks the
+event loop (uvloop). Everything below takes its settings and arguments explicitly.
+
+Exit codes: 0 success; 1 an operational failure (the message says what to do); 2 a usage
+error (bad or conflicting options, a bad ``PTA_AGENT_*`` setting). Passwords come from
+standard input only, are never echoed and never reach a log or an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import getpass
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+import orjson
+import structlog
+
+from agent import __version__, registration, runner, state
+from agent.cloud import AgentGone, AgentView, CaClient
+from agent.errors import AgentError
+from agent.https import ClientCertificateRefused, ServerNotTrusted, Unreachable
+from agent.settings import DEFAULT_STATE_DIR, Settings, SettingsInvalid, load_settings
+from agent.signin import DeviceCode, DeviceCodeLogin, Login, PasswordLogin
+from common import logs
+
+log = structlog.get_logger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _OperationalFailure(click.ClickException):
+    exit_code = 1
+
+
+class _BadSetting(click.ClickException):
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _state_dir_option(command: Callable[_P, _R]) -> Callable[_P, _R]:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="PTA_AGENT_STATE_DIR",
+        show_envvar=True,
+        help=f"The agent's state folder.  [default: {DEFAULT_STATE_DIR}]",
+    )(command)
+
+
+def _login_options(command: Callable[_P, _R]) -> Callable[_P, _R]:
+    command = click.option(
+        "--password-stdin",
+        is_flag=True,
+        help="Read the admin's password from standard input (one line; prompted without "
+        "echo on a terminal). Needs --username.",
+    )(command)
+    command = click.option(
+        "--username",
+        metavar="UPN",
+        help="Sign in as this tenant admin with a password (for scripts). Needs --password-stdin.",
+    )(command)
+    return click.option(
+        "--device-code",
+        is_flag=True,
+        help="Sign in in a browser with a code shown here (the default).",
+    )(command)
+
+
+def _https_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith("https://"):
+        raise click.BadParameter("must be an https:// URL, e.g. https://ca.example.com")
+    return value.rstrip("/") if value else value
+
+
+def _tenant(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    value = value.strip()
+    if not value or "/" in value or any(ch.isspace() for ch in value):
+        raise click.BadParameter("give a verified domain name (contoso.com) or the tenant id")
+    return value
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@click.group(context_settings=_CONTEXT)
+@click.version_option(__version__, "--version", prog_name="pta-agent")
+def main() -> None:
+    """The pass-through authentication agent: validates cloud sign-ins against this
+    network's directory, connecting outbound only.
+
+    \b
+    First register the agent with a tenant admin's sign-in, then run it:
+      pta-agent register --tenant contoso.com --server https://ca.example.com \\
+          --ca-bundle service-ca.pem
+      pta-agent run
+      pta-agent status
+
+    Settings come from options or PTA_AGENT_* environment variables (see each command's
+    --help); PTA_AGENT_LOG_LEVEL, PTA_AGENT_HEARTBEAT_INTERVAL_S, PTA_AGENT_PREFETCH,
+    PTA_AGENT_DRAIN_TIMEOUT_S and PTA_AGENT_HTTP_TIMEOUT_S tune the daemon.
+    """
+
+
+@main.command(short_help="Register this host as an agent of a tenant.")
+@click.option(
+    "--tenant",
+    required=True,
+    callback=_tenant,
+    metavar="DOMAIN|ID",
+    help="The tenant to register in: a verified domain name or the tenant id.",
+)
+@click.option(
+    "--server",
+    envvar="PTA_AGENT_SERVER",
+    show_envvar=True,
+    required=True,
+    callback=_https_url,
+    metavar="CA_URL",
+    help="URL of the PTA certificate authority (https://...).",
+)
+@click.option(
+    "--ca-bundle",
+    envvar="PTA_AGENT_CA_BUNDLE",
+    show_envvar=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="The service TLS CA bundle that the CA's and STS's HTTPS certificates chain to. "
+    "It is copied into the state folder and pinned for every later call.",
+)
+@_login_options
+@_state_dir_option
+@click.option(
+    "--host",
+    default=socket.gethostname,
+    show_default="this host's name",
+    help="Host name to register the agent under (shown to admins).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing registration in the state folder. The old agent stays in "
+    "the cloud until an admin deletes it; prefer `pta-agent unregister` first.",
+)
+def register(
+    tenant: str,
+    server: str,
+    ca_bundle: Path,
+    device_code: bool,
+    username: str | None,
+    password_stdin: bool,
+    state_dir: Path | None,
+    host: str,
+    force: bool,
+) -> None:
+    """Register this host as an agent of a tenant (needs a tenant admin's sign-in).
+
+    Signs in to the tenant's STS (found through the CA) as an account with the
+    hybrid_identity_admin role, creates an RSA-2048 key on this host (it never leaves it;
+    mode 0600), sends a certificate request to the CA and saves the issued certificate
+    in the state folder.
+
+    \b
+    Examples:
+      pta-agent register --tenant contoso.com --server https://ca.example.com \\
+          --ca-bundle /etc/pta/service-ca.pem
+      echo "$ADMIN_PASSWORD" | pta-agent register --tenant contoso.com \\
+          --server https://ca.example.com --ca-bundle service-ca.pem \\
+          --username admin@contoso.com --password-stdin
+    """
+    settings = _settings(state_dir=state_dir)
+    _configure_logs(settings)
+    with _operational():  # before asking anyone to sign in
+        state.ensure_can_register(settings.state_dir, force=force)
+    login = _login(device_code, username, password_stdin)
+    with _operational():
+        saved = _run(
+            registration.register(
+                state_dir=settings.state_dir,
+                ca_url=server,
+                ca_bundle=ca_bundle,
+                tenant=tenant,
+                host=host,
+                version=__version__,
+                login=login,
+                force=force,
+                timeout_s=settings.http_timeout_s,
+            )
+        )
+    record = saved.record
+    click.echo(f"Registered agent {record.agent_id}")
+    click.echo(f"  tenant       {record.tenant_id} ({tenant})")
+    click.echo(f"  host         {record.host}")
+    click.echo(f"  certificate  valid until {_when(saved.not_after)}")
+    click.echo(f"  state folder {settings.state_dir}")
+    click.echo(f"Start it with: pta-agent run --state-dir {settings.state_dir}")
+
+
+@main.command(short_help="Show the registration and the cloud's view of the agent.")
+@_state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+def status(state_dir: Path | None, as_json: bool) -> None:
+    """Show this agent's registration and how the cloud sees it.
+
+    Reads the state folder (agent, tenant, certificate expiry), then asks the CA over
+    mutual TLS (GET /agents/self) whether the agent is active and when it last sent a
+    heartbeat. Exits 1 when the certificate has expired, the agent was deleted in the
+    cloud, or the cloud cannot be reached.
+
+    \b
+    Examples:
+      pta-agent status
+      pta-agent status --state-dir /var/lib/pta-agent --json | jq .cloud.status
+    """
+    settings = _settings(state_dir=state_dir)
+    _configure_logs(settings)
+    with _operational():
+        loaded = state.load(settings.state_dir)
+    now = dt.datetime.now(dt.UTC)
+    expired = loaded.not_after <= now
+    view: AgentView | None = None
+    problem = ""
+    try:
+        view = _run(_self_view(loaded, settings))
+    except AgentGone as exc:
+        problem = f"The cloud no longer accepts this agent. {exc}"
+    except ClientCertificateRefused as exc:
+        problem = str(exc)
+    except (Unreachable, ServerNotTrusted) as exc:
+        problem = f"The cloud's view is unknown: {exc}"
+    except AgentError as exc:
+        problem = f"The cloud's view is unknown: {exc}"
+    if expired:
+        problem = (
+            f"The certificate expired at {_when(loaded.not_after)}: register the agent "
+            "again with `pta-agent register --force`. " + problem
+        ).strip()
+    if as_json:
+        click.echo(orjson.dumps(_status_document(loaded, view, problem, now)).decode())
+    else:
+        _print_status(loaded, view, now)
+    if problem:
+        raise _OperationalFailure(problem)
+
+
+@main.command(short_help="Delete the agent in the cloud and its local credentials.")
+@_state_dir_option
+@_login_options
+def unregister(
+    state_dir: Path | None, device_code: bool, username: str | None, password_stdin: bool
+) -> None:
+    """Delete this agent in the cloud, then its local credentials (needs a tenant admin).
+
+    The CA revokes the agent's certificate and deletes its broker account; then
+    agent.json, agent.key, agent.crt, pta-ca.pem and ca-bundle.pem are deleted from the
+    state folder. Stop `pta-agent run` first. An agent the cloud no longer knows is
+    removed locally all the same.
+
+    \b
+    Examples:
+      pta-agent unregister
+      echo "$ADMIN_PASSWORD" | pta-agent unregister --username admin@contoso.com \\
+          --password-stdin
+    """
+    settings = _settings(state_dir=state_dir)
+    _configure_logs(settings)
+    login = _login(device_code, username, password_stdin)
+    with _operational():
+        loaded = state.load(settings.state_dir)
+        done = _run(registration.unregister(loaded, login=login, timeout_s=settings.http_timeout_s))
+    if done.deleted_in_cloud:
+        click.echo(f"Deleted agent {done.agent_id} in the cloud.")
+    else:
+        click.echo(f"The cloud no longer knew agent {done.agent_id}.")
+    click.echo(f"Removed {len(done.removed)} files from {settings.state_dir}.")
+
+
+@main.command(short_help="Run the agent until SIGTERM or Ctrl-C.")
+@_state_dir_option
+def run(state_dir: Path | None) -> None:
+    """Run the agent until SIGTERM or Ctrl-C (for a service manager such as systemd).
+
+    Bootstraps over mutual TLS for broker credentials, keeps one connection to the
+    tenant's queue (reconnecting by itself), sends heartbeats and renews the broker
+    credentials before they expire. Logs go to standard error, JSON when not on a
+    terminal; PTA_AGENT_LOG_LEVEL sets the level.
+
+    \b
+    Examples:
+      pta-agent run
+      PTA_AGENT_STATE_DIR=/srv/pta-agent PTA_AGENT_LOG_LEVEL=debug pta-agent run
+    """
+    settings = _settings(state_dir=state_dir)
+    logs.configure(level=settings.log_level, service="agent")
+    with _operational():
+        try:
+            _run(_daemon(settings), uvloop=True)
+        except AgentError as exc:
+            log.error("agent_failed", error=str(exc), kind=type(exc).__name__)
+            raise
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def _daemon(settings: Settings) -> None:
+    """``runner.run`` with SIGTERM and SIGINT turned into its stop event."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.run(settings, stop=stop)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _self_view(loaded: state.Registration, settings: Settings) -> AgentView:
+    trust = f"the CA bundle this agent was registered with ({loaded.dir.ca_bundle})"
+    async with CaClient(
+        loaded.record.ca_url,
+        ssl_context=loaded.mutual_tls(),
+        trust=trust,
+        timeout_s=settings.http_timeout_s,
+    ) as ca:
+        return await ca.self_view()
+
+
+def _login(device_code: bool, username: str | None, password_stdin: bool) -> Login:
+    """The sign-in method the options ask for; reads the password before any network."""
+    if device_code and (username is not None or password_stdin):
+        raise click.UsageError(
+            "--device-code and --username/--password-stdin are two ways to sign in: use one."
+        )
+    if password_stdin and username is None:
+        raise click.UsageError("--password-stdin needs --username (the admin's UPN).")
+    if username is not None and not password_stdin:
+        raise click.UsageError(
+            "--username needs --password-stdin: the password is read from standard input, "
+            "never from the command line."
+        )
+    if username is not None:
+        return PasswordLogin(username=username, password=_read_password())
+    return DeviceCodeLogin(show=_show_device_code)
+
+
+def _read_password() -> str:
+    stream = sys.stdin
+    if stream.isatty():
+        password = getpass.getpass("Password: ")  # no echo; prompts on the terminal
+    else:
+        password = stream.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise click.UsageError("--password-stdin: standard input held no password.")
+    return password
+
+
+def _show_device_code(device: DeviceCode) -> None:
+    click.echo(device.message, err=True)
+    minutes = max(1, round(device.expires_in_s / 60))
+    click.echo(f"Waiting for the sign-in (the code expires in {minutes} min)...", err=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsInvalid as exc:
+        raise _BadSetting(str(exc)) from exc
+
+
+def _configure_logs(settings: Settings) -> None:
+    """One-shot commands log warnings only, unless PTA_AGENT_LOG_LEVEL asks for more:
+    their result is the text they print."""
+    level = settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
+    logs.configure(level=level, service="agent")
+
+
+@contextlib.contextmanager
+def _operational() -> Iterator[None]:
+    """Turn AgentError and file system errors into exit code 1 with their message."""
+    try:
+        yield
+    except AgentError as exc:
+        raise _OperationalFailure(str(exc)) from exc
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise _OperationalFailure(
+            f"{exc.strerror or exc}{where}: check the state folder's permissions and free space."
+        ) from exc
+
+
+def _run(coroutine: Coroutine[Any, Any, _R], *, uvloop: bool = False) -> _R:
+    """Run a coroutine on a fresh event loop (uvloop for the daemon when installed)."""
+    factory = _uvloop_factory() if uvloop else None
+    with asyncio.Runner(loop_factory=factory) as loop_runner:
+        return loop_runner.run(coroutine)
+
+
+@functools.cache
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop  # optional: not on Windows
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _when(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _status_document(
+    loaded: state.Registration, view: AgentView | None, problem: str, now: dt.datetime
+) -> dict[str, Any]:
+    record = loaded.record
+    cloud: dict[str, Any] = {"reachable": view is not None}
+    if view is not None:
+        cloud.update(view.model_dump(mode="json"))
+    return {
+        "state_dir": str(loaded.dir.path),
+        "agent_id": record.agent_id,
+        "tenant_id": record.tenant_id,
+        "host": record.host,
+        "ca_url": record.ca_url,
+        "version": record.version,
+        "registered_at": record.registered_at.isoformat(),
+        "kid": loaded.kid,
+        "certificate": {
+            "serial": format(loaded.certificate.serial_number, "x"),
+            "not_after": loaded.not_after.isoformat(),
+            "expired": loaded.not_after <= now,
+            "days_left": (loaded.not_after - now).days,
+        },
+        "cloud": cloud,
+        "ok": not problem,
+        "problem": problem or None,
+    }
+
+
+def _print_status(loaded: state.Registration, view: AgentView | None, now: dt.datetime) -> None:
+    record = loaded.record
+    left = loaded.not_after - now
+    cert = (
+        f"valid until {_when(loaded.not_after)} ({left.days} days left)"
+        if left.total_seconds() > 0
+        else f"EXPIRED at {_when(loaded.not_after)}"
+    )
+    rows = [
+        ("agent", record.agent_id),
+        ("tenant", record.tenant_id),
+        ("host", record.host),
+        ("registered", _when(record.registered_at)),
+        ("CA", record.ca_url),
+        ("certificate", cert),
+    ]
+    if view is not None:
+        seen = (
+            f"last heartbeat {_when(view.last_heartbeat_at)}"
+            if view.last_heartbeat_at is not None
+            else "no heartbeat yet"
+        )
+        rows.append(("cloud", f"{view.status}, {seen}"))
+    else:
+        rows.append(("cloud", "unknown (see below)"))
+    for name, value in rows:
+        click.echo(f"{name:<12} {value}")

@@ -1,0 +1,291 @@
+"""The CA's HTTP API as the agent uses it (docs/architecture.md "CA HTTP API").
+
+``CaClient`` takes the CA base URL and an SSL context: server-only TLS for the calls that
+carry an admin bearer token (``register``, ``delete_agent``), mutual TLS with the agent's
+certificate for the calls the agent makes as itself (``bootstrap``, ``heartbeat``,
+``self_view``). Which one a caller builds is up to it (``state.Registration``).
+
+Answers are parsed into frozen models that ignore fields added later by the CA (the CA
+and the agents are upgraded at different times). Errors the CA reports as JSON
+``{"error", "message"}`` become ``CaError`` subclasses named after the code, carrying the
+CA's message (which says what to do); transport failures are ``agent.https`` errors.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import ClassVar
+from urllib.parse import quote
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+
+from agent import __version__
+from agent.errors import AgentError, first_paragraph
+from agent.https import HttpsClient, ProtocolError, Response, Unreachable, printable
+
+
+class CaError(AgentError):
+    """The CA refused the request."""
+
+    code: ClassVar[str] = ""
+
+    def __init__(self, message: str = "", *, status: int, code: str = "") -> None:
+        self.status = status
+        self.ca_code = code or self.code
+        self.ca_message = message
+        text = message.strip() or first_paragraph(type(self).__doc__)
+        suffix = f"({self.ca_code}, HTTP {status})" if self.ca_code else f"(HTTP {status})"
+        super().__init__(message=f"{text} {suffix}")
+
+
+class InvalidRequest(CaError):
+    """The CA did not understand the request: check that agent and CA versions match."""
+
+    code = "invalid_request"
+
+
+class CsrRefused(CaError):
+    """The CA rejected the certificate request: check that agent and CA versions match."""
+
+    code = "csr_rejected"
+
+
+class InvalidToken(CaError):
+    """The CA did not accept the admin token: check that the CA trusts this STS and that
+    this host's clock is right, then sign in again."""
+
+    code = "invalid_token"
+
+
+class InsufficientRole(CaError):
+    """The account may not manage agents: sign in with an account that has the
+    hybrid_identity_admin role of the tenant."""
+
+    code = "insufficient_role"
+
+
+class TenantMismatch(CaError):
+    """The account belongs to another tenant: sign in with an admin of this tenant."""
+
+    code = "tenant_mismatch"
+
+
+class AgentLimitReached(CaError):
+    """The tenant already has 40 agents: delete one it no longer uses, then try again."""
+
+    code = "agent_limit_reached"
+
+
+class ClientCertificateRequired(CaError):
+    """The CA wants this agent's client certificate and did not get it: check the state
+    folder's agent.crt and agent.key (`pta-agent status`)."""
+
+    code = "client_certificate_required"
+
+
+class AgentGone(CaError):
+    """The cloud no longer accepts this agent: register it again with
+    `pta-agent register --force`."""
+
+
+class CertificateRevoked(AgentGone):
+    """This agent's certificate was revoked (an admin deleted the agent): register it
+    again with `pta-agent register --force`."""
+
+    code = "certificate_revoked"
+
+
+class CertificateSuperseded(AgentGone):
+    """This agent's certificate was replaced by a newer one (the state folder may have been
+    restored from an old backup): register again with `pta-agent register --force`."""
+
+    code = "certificate_superseded"
+
+
+class AgentNotFound(AgentGone):
+    """The cloud does not know this agent (deleted by an admin, or dropped after 10 days
+    inactive): register it again with `pta-agent register --force`."""
+
+    code = "agent_not_found"
+
+
+class BrokerUnavailable(CaError):
+    """The CA could not reach the message broker: the agent tries again; if this lasts,
+    tell the operator of the cloud service."""
+
+    code = "broker_unavailable"
+
+
+_BY_CODE: dict[str, type[CaError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest, CsrRefused, InvalidToken, InsufficientRole, TenantMismatch,
+        AgentLimitReached, ClientCertificateRequired, CertificateRevoked,
+        CertificateSuperseded, AgentNotFound, BrokerUnavailable,
+    )
+}  # fmt: skip
+
+
+class IssuedCertificate(BaseModel):
+    """``POST /agents/register`` answer (201)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    agent_id: str
+    tenant_id: str
+    certificate: str
+    ca_certificate: str
+    not_after: AwareDatetime
+    kid: str
+
+
+class BrokerGrant(BaseModel):
+    """``POST /agents/bootstrap`` answer: scoped broker credentials (DESIGN.md flow 2)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    amqp_url: str
+    vhost: str
+    username: str
+    access_key: SecretStr  # never in a repr or a log
+    queue: str
+    reply_exchange: str
+    expires_at: AwareDatetime
+    agent_id: str
+    tenant_id: str
+    heartbeat_interval_s: float = Field(gt=0)
+
+
+class HeartbeatAnswer(BaseModel):
+    """``POST /agents/heartbeat`` answer."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    renew: bool
+    heartbeat_interval_s: float | None = Field(default=None, gt=0)
+
+
+class AgentView(BaseModel):
+    """``GET /agents/self``: the agent as the cloud sees it. Unknown fields are kept (and
+    shown by `pta-agent status --json`), since the CA decides what it reports."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    status: str
+    last_heartbeat_at: AwareDatetime | None = None
+    cert_not_after: AwareDatetime | None = None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying later: the CA unreachable or overloaded, or the
+    CA unable to reach the broker. Refusals (4xx) are not."""
+    if isinstance(exc, Unreachable):
+        return True
+    return isinstance(exc, CaError) and exc.status >= 500
+
+
+class CaClient:
+    """Client of one CA. Use as an async context manager, or call ``close``.
+
+    ``trust`` describes the bundle behind ``ssl_context`` for TLS error messages.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        ssl_context: ssl.SSLContext,
+        trust: str,
+        timeout_s: float,
+        version: str = __version__,
+    ) -> None:
+        self._http = HttpsClient(
+            base_url, ssl_context=ssl_context, timeout_s=timeout_s, trust=trust,
+            service="the CA",
+        )  # fmt: skip
+        self.version = version
+
+    async def __aenter__(self) -> CaClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def register(
+        self,
+        token: str,
+        csr_pem: bytes,
+        *,
+        host: str,
+        version: str,
+        tenant_id: str | None = None,
+    ) -> IssuedCertificate:
+        """``POST /agents/register`` with an admin bearer token.
+
+        Raises CaError (csr_rejected, invalid_token, insufficient_role, tenant_mismatch,
+        agent_limit_reached, ...), https errors.
+        """
+        body: dict[str, str] = {"csr": csr_pem.decode("ascii"), "host": host, "version": version}
+        if tenant_id is not None:
+            body["tenant_id"] = tenant_id
+        answer = await self._http.call("POST", "/agents/register", json=body, bearer=token)
+        return _expect(answer, 201).parse(IssuedCertificate)
+
+    async def bootstrap(self) -> BrokerGrant:
+        """``POST /agents/bootstrap`` over mutual TLS: fresh broker credentials."""
+        answer = await self._http.call("POST", "/agents/bootstrap", json={}, mutual=True)
+        return _expect(answer, 200).parse(BrokerGrant)
+
+    async def heartbeat(self, status: str, detail: str = "") -> HeartbeatAnswer:
+        """``POST /agents/heartbeat`` over mutual TLS with this agent's version."""
+        answer = await self._http.call(
+            "POST",
+            "/agents/heartbeat",
+            json={"version": self.version, "status": status, "detail": detail},
+            mutual=True,
+        )
+        return _expect(answer, 200).parse(HeartbeatAnswer)
+
+    async def self_view(self) -> AgentView:
+        """``GET /agents/self`` over mutual TLS."""
+        answer = await self._http.call("GET", "/agents/self", mutual=True)
+        return _expect(answer, 200).parse(AgentView)
+
+    async def delete_agent(self, token: str, agent_id: str) -> None:
+        """``DELETE /agents/{agent_id}`` with an admin bearer token (204).
+
+        Raises AgentNotFound when the cloud has no such agent, other CaError, https errors.
+        """
+        answer = await self._http.call(
+            "DELETE", f"/agents/{quote(agent_id, safe='')}", bearer=token
+        )
+        _expect(answer, 204)
+
+
+def _expect(answer: Response, status: int) -> Response:
+    if answer.status == status:
+        return answer
+    raise ca_error(answer)
+
+
+def ca_error(answer: Response) -> CaError:
+    """The typed error of a CA answer ``{"error", "message"}``; any other body gives a
+    plain CaError with the HTTP status (a proxy or load balancer answered, say)."""
+    try:
+        body = answer.json()
+    except ProtocolError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        code = body["error"]
+        message = body.get("message")
+        cls = _BY_CODE.get(code, CaError)
+        text = printable(message) if isinstance(message, str) else ""
+        return cls(text, status=answer.status, code=printable(code))
+    return CaError(
+        f"{answer.url} answered HTTP {answer.status} without a CA error body: check that the "
+        "URL points at the PTA CA.",
+        status=answer.status,
+    )

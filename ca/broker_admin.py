@@ -1,0 +1,159 @@
+"""The broker as the CA administers it: agent users, their permissions, tenant queues.
+
+``BrokerAdmin`` is the boundary (STYLE.md section 2); ``RabbitManagement`` is the adapter
+over the RabbitMQ management HTTP API. Every call has a timeout; every failure to ask
+(connection refused, timeout, TLS, an unexpected status) becomes ``BrokerUnavailable``.
+
+Permissions of an agent user on vhost ``pta`` (DESIGN.md flow 2 step 3): configure ``^$``
+(declares nothing: the tenant queue is declared here, by the cloud side), write
+``^pta\\.replies$`` (publishes replies only), read ``^pta\\.tenant\\.<tenant id>$``
+(consumes its own tenant's queue only). The user has no tags, so it cannot use the
+management API. The tenant id is checked to be a canonical UUID before it goes into a
+regular expression, so it cannot widen the pattern.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from ca.bodies import is_canonical_uuid
+from ca.errors import BrokerUnavailable
+from common.contracts import (
+    REPLY_EXCHANGE,
+    TENANT_QUEUE_ARGUMENTS,
+    TENANT_QUEUE_DURABLE,
+    VHOST,
+    tenant_queue,
+)
+
+_OK: Final = frozenset({200, 201, 204})
+
+
+class BrokerAdmin(Protocol):
+    """What the CA needs from the broker."""
+
+    async def put_agent_user(self, username: str, access_key: str, tenant_id: str) -> None:
+        """Create or rotate an agent's user and give it its tenant's permissions only.
+
+        Raises BrokerUnavailable.
+        """
+        ...
+
+    async def delete_user(self, username: str) -> None:
+        """Delete a user (no error if it does not exist). Raises BrokerUnavailable."""
+        ...
+
+    async def declare_tenant_queue(self, tenant_id: str) -> None:
+        """Declare the tenant's durable request queue (idempotent). Raises BrokerUnavailable."""
+        ...
+
+    async def consumer_count(self, tenant_id: str) -> int | None:
+        """Consumers on the tenant's queue, None if the queue does not exist.
+
+        Raises BrokerUnavailable.
+        """
+        ...
+
+
+def agent_permissions(tenant_id: str) -> dict[str, str]:
+    """The configure/write/read regexes of an agent of ``tenant_id`` (see module docstring).
+
+    Raises ValueError when ``tenant_id`` is not a canonical UUID.
+    """
+    if not is_canonical_uuid(tenant_id):
+        raise ValueError("tenant_id must be a canonical UUID")
+    return {
+        "configure": "^$",
+        "write": "^" + _escape_dots(REPLY_EXCHANGE) + "$",
+        "read": "^" + _escape_dots(tenant_queue(tenant_id)) + "$",
+    }
+
+
+def _escape_dots(name: str) -> str:
+    # Names here are [a-z0-9.-] only; '.' is the one regex metacharacter among them.
+    return name.replace(".", "\\.")
+
+
+class RabbitManagement:
+    """``BrokerAdmin`` over the RabbitMQ management HTTP API."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        user: str,
+        password: str,
+        session: aiohttp.ClientSession,
+        timeout_s: float,
+        vhost: str = VHOST,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._session = session
+        self._timeout_s = timeout_s
+        self._vhost = quote(vhost, safe="")
+        # aiohttp 3.14 deprecates BasicAuth/auth= (INFRA-NOTES.md): build the header here,
+        # per request, so a shared session never sends it anywhere else.
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
+
+    async def put_agent_user(self, username: str, access_key: str, tenant_id: str) -> None:
+        permissions = agent_permissions(tenant_id)
+        user = quote(username, safe="")
+        await self._call("PUT", f"/api/users/{user}", {"password": access_key, "tags": ""})
+        await self._call("PUT", f"/api/permissions/{self._vhost}/{user}", permissions)
+
+    async def delete_user(self, username: str) -> None:
+        await self._call("DELETE", f"/api/users/{quote(username, safe='')}", missing_ok=True)
+
+    async def declare_tenant_queue(self, tenant_id: str) -> None:
+        if not is_canonical_uuid(tenant_id):
+            raise ValueError("tenant_id must be a canonical UUID")
+        queue = quote(tenant_queue(tenant_id), safe="")
+        body = {
+            "durable": TENANT_QUEUE_DURABLE,
+            "auto_delete": False,
+            "arguments": dict(TENANT_QUEUE_ARGUMENTS),
+        }
+        await self._call("PUT", f"/api/queues/{self._vhost}/{queue}", body)
+
+    async def consumer_count(self, tenant_id: str) -> int | None:
+        queue = quote(tenant_queue(tenant_id), safe="")
+        found = await self._call("GET", f"/api/queues/{self._vhost}/{queue}", missing_ok=True)
+        if found is None:
+            return None
+        count = found.get("consumers", 0)
+        return count if isinstance(count, int) else 0
+
+    async def _call(
+        self, method: str, path: str, body: object = None, *, missing_ok: bool = False
+    ) -> dict[str, Any] | None:
+        """One management API call; the JSON answer of a GET, else None."""
+        data = orjson.dumps(body) if body is not None else None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._session.request(
+                    method,
+                    self._base + path,
+                    data=data,
+                    headers=self._headers,
+                    allow_redirects=False,
+                ) as resp:
+                    if resp.status == 404 and missing_ok:
+                        return None
+                    if resp.status not in _OK:
+                        reason = (await resp.text())[:200]
+                        raise BrokerUnavailable(
+                            detail=f"{method} {path.split('/')[2]}: {resp.status} {reason}"
+                        )
+                    if method == "GET":
+                        answer = orjson.loads(await resp.read())
+                        return answer if isinstance(answer, dict) else {}
+                    return None
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            raise BrokerUnavailable(detail=f"{method}: {type(exc).__name__}") from exc

@@ -1,0 +1,135 @@
+"""The CA's errors: each class names one event and carries its HTTP status and wire code.
+
+Handlers raise; one middleware (``ca.app``) renders ``{"error": code, "message": ...}``
+(docs/architecture.md "CA HTTP API"). The class docstring is the default message and says
+what to do about it (STYLE.md section 5). Messages never carry a token, key or secret.
+
+Codes beyond the contract's list, for cases it does not cover: ``sts_unavailable`` (503,
+the STS signing keys could not be fetched), ``not_found`` / ``method_not_allowed`` (aiohttp
+routing) and ``server_error`` (500, an unexpected fault; details only in the log).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class CaError(Exception):
+    """The certificate authority could not complete the request."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "server_error"
+
+    def __init__(self, message: str | None = None, *, detail: str = "") -> None:
+        default = " ".join((type(self).__doc__ or type(self).__name__).split())
+        self.message = message if message else default
+        # For the log only: what an operator needs and a client should not see.
+        self.detail = detail
+        super().__init__(f"{self.message} ({detail})" if detail else self.message)
+
+
+class InvalidRequest(CaError):
+    """The request is malformed; send a JSON object with the documented fields."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class RequestTooLarge(InvalidRequest):
+    """The request body is too large."""
+
+    status = 413
+
+
+class CsrRejected(CaError):
+    """The certificate signing request was rejected; send a PEM CSR for a fresh RSA key."""
+
+    status = 400
+    code = "csr_rejected"
+
+
+class InvalidToken(CaError):
+    """The bearer token is missing, malformed, expired or not signed by the STS; sign in
+    again for scope urn:pta:ca/.default."""
+
+    status = 401
+    code = "invalid_token"
+
+
+class InsufficientRole(CaError):
+    """The signed-in account lacks the hybrid_identity_admin role of its tenant."""
+
+    status = 403
+    code = "insufficient_role"
+
+
+class TenantMismatch(CaError):
+    """The tenant_id in the request is not the tenant of the bearer token; sign in to
+    that tenant."""
+
+    status = 403
+    code = "tenant_mismatch"
+
+
+class AgentLimitReached(CaError):
+    """The tenant already has the maximum number of registered agents; delete an unused
+    agent (DELETE /agents/{id}) before registering another."""
+
+    status = 409
+    code = "agent_limit_reached"
+
+
+class ClientCertificateRequired(CaError):
+    """This endpoint needs mutual TLS with the agent certificate issued at registration."""
+
+    status = 401
+    code = "client_certificate_required"
+
+
+class ClientCertificateExpired(ClientCertificateRequired):
+    """The agent certificate has expired; register the agent again."""
+
+
+class CertificateRevoked(CaError):
+    """The agent certificate has been revoked; register the agent again."""
+
+    status = 401
+    code = "certificate_revoked"
+
+
+class CertificateSuperseded(CaError):
+    """The agent certificate has been replaced by a newer one; use the current certificate."""
+
+    status = 401
+    code = "certificate_superseded"
+
+
+class AgentNotFound(CaError):
+    """No such agent in this tenant."""
+
+    status = 404
+    code = "agent_not_found"
+
+
+class AgentUnknown(AgentNotFound):
+    """The agent of this certificate is no longer registered; register it again."""
+
+    status = 401
+
+
+class BrokerUnavailable(CaError):
+    """The message broker could not be reached; try again shortly."""
+
+    status = 503
+    code = "broker_unavailable"
+
+
+class StsUnavailable(CaError):
+    """The STS signing keys could not be fetched; try again shortly."""
+
+    status = 503
+    code = "sts_unavailable"
+
+
+class ConfigurationError(CaError):
+    """A CA setting is unusable; fix the named setting and restart."""

@@ -1,0 +1,321 @@
+"""The cloud services and the agents as supervised processes of the stack.
+
+infra never imports the services: it runs their console scripts (`pta-sts`, `pta-ca`,
+`pta-agent`) with settings in the environment, exactly as an operator would, and
+registers the demo agents through the real `pta-agent register` CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from infra.certs import StackPki
+from infra.demo import Demo, DemoTenant
+from infra.server import Health, Layout, Program, ServerNotReady, StackError
+
+# How many agents `make up` registers per tenant (DESIGN.md: three for contoso, two for
+# fabrikam, so that both multi-agent and cross-tenant behaviour show).
+AGENTS_PER_TENANT = {"contoso.test": 3, "fabrikam.test": 2}
+
+
+def _script(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSlot:
+    """One demo agent: its tenant and state folder."""
+
+    name: str  # supervisor program name, e.g. agent-contoso-1
+    tenant: DemoTenant
+    state_dir: Path
+
+    def agent_json(self) -> dict[str, str] | None:
+        path = self.state_dir / "agent.json"
+        if not path.exists():
+            return None
+        data: dict[str, str] = json.loads(path.read_text())
+        return data
+
+
+class Services:
+    """STS (two replicas), CA and agents for one stack."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        demo: Demo,
+        pki: StackPki,
+        *,
+        postgres_dsn: str,
+        amqp_url: str,
+        amqp_public_url: str,
+        amqp_management_url: str,
+    ) -> None:
+        self.layout = layout
+        self.demo = demo
+        self.pki = pki
+        self.postgres_dsn = postgres_dsn
+        self.amqp_url = amqp_url
+        self.amqp_public_url = amqp_public_url
+        self.amqp_management_url = amqp_management_url
+        p = layout.ports
+        self.sts_urls = [f"https://127.0.0.1:{p.sts}", f"https://127.0.0.1:{p.sts2}"]
+        self.ca_url = f"https://127.0.0.1:{p.ca}"
+        self.crl_url = f"http://127.0.0.1:{p.crl}"
+        self.agents = [
+            AgentSlot(
+                name=f"agent-{t.domain.split('.')[0]}-{i}",
+                tenant=t,
+                state_dir=layout.state_dir / "agents" / f"{t.domain.split('.')[0]}-{i}",
+            )
+            for t in demo.tenants
+            for i in range(1, AGENTS_PER_TENANT.get(t.domain, 1) + 1)
+        ]
+
+    @property
+    def sts_url(self) -> str:
+        return self.sts_urls[0]
+
+    # -- programs ----------------------------------------------------------------------
+
+    def sts_programs(self) -> list[Program]:
+        ports = [self.layout.ports.sts, self.layout.ports.sts2]
+        return [
+            Program(
+                name=f"sts{'' if i == 0 else i + 1}",
+                command=[_script("pta-sts")],
+                env={
+                    # Both replicas share one issuer: tokens from either verify the same.
+                    "PTA_STS_PUBLIC_URL": self.sts_url,
+                    "PTA_STS_HOST": "127.0.0.1",
+                    "PTA_STS_PORT": str(port),
+                    "PTA_STS_TLS_CERT_FILE": str(self.pki.server_cert("sts")),
+                    "PTA_STS_TLS_KEY_FILE": str(self.pki.server_key("sts")),
+                    "PTA_STS_POSTGRES_DSN": self.postgres_dsn,
+                    "PTA_STS_AMQP_URL": self.amqp_url,
+                    "PTA_STS_SIGNING_KEY_DIR": str(self.pki.signing_key_dir),
+                    "PTA_STS_INSTANCE_ID": f"sts{i + 1}",
+                },
+                stop_wait_s=15,
+            )
+            for i, port in enumerate(ports)
+        ]
+
+    def ca_program(self) -> Program:
+        p = self.layout.ports
+        return Program(
+            name="ca",
+            command=[_script("pta-ca")],
+            env={
+                "PTA_CA_HOST": "127.0.0.1",
+                "PTA_CA_PORT": str(p.ca),
+                "PTA_CA_CRL_PORT": str(p.crl),
+                "PTA_CA_PUBLIC_URL": self.ca_url,
+                "PTA_CA_TLS_CERT_FILE": str(self.pki.server_cert("ca")),
+                "PTA_CA_TLS_KEY_FILE": str(self.pki.server_key("ca")),
+                "PTA_CA_PTA_CA_CERT_FILE": str(self.pki.pta_ca_cert),
+                "PTA_CA_PTA_CA_KEY_FILE": str(self.pki.pta_ca_key),
+                "PTA_CA_SERVICE_CA_CERT_FILE": str(self.pki.service_ca_cert),
+                "PTA_CA_SERVICE_CA_KEY_FILE": str(self.pki.service_ca_key),
+                "PTA_CA_POSTGRES_DSN": self.postgres_dsn,
+                "PTA_CA_STS_URL": self.sts_url,
+                "PTA_CA_STS_CA_BUNDLE": str(self.pki.service_ca_cert),
+                "PTA_CA_AMQP_MANAGEMENT_URL": self.amqp_management_url,
+                "PTA_CA_AMQP_ADMIN_USER": self.demo.rabbitmq_admin_user,
+                "PTA_CA_AMQP_ADMIN_PASSWORD": self.demo.rabbitmq_admin_password,
+                "PTA_CA_AGENT_AMQP_URL": self.amqp_public_url,
+            },
+            stop_wait_s=15,
+        )
+
+    def agent_programs(self) -> list[Program]:
+        """Agents that are registered (a state folder with agent.json)."""
+        return [
+            Program(
+                name=slot.name,
+                command=[_script("pta-agent"), "run", "--state-dir", str(slot.state_dir)],
+                env={"PTA_AGENT_STATE_DIR": str(slot.state_dir)},
+                stop_wait_s=20,
+            )
+            for slot in self.agents
+            if slot.agent_json() is not None
+        ]
+
+    def cloud_programs(self) -> list[Program]:
+        return [*self.sts_programs(), self.ca_program()]
+
+    # -- readiness ---------------------------------------------------------------------
+
+    def _client_ssl(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.pki.service_ca_cert))
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Ready = each STS serves its OIDC discovery and the CA its configuration."""
+        urls = [
+            f"{u}/{self.demo.tenants[0].id}/v2.0/.well-known/openid-configuration"
+            for u in self.sts_urls
+        ] + [f"{self.ca_url}/.well-known/pta-configuration"]
+        deadline = time.monotonic() + timeout_s
+        pending = list(urls)
+        last = ""
+        async with aiohttp.ClientSession() as http:
+            while pending and time.monotonic() < deadline:
+                for url in list(pending):
+                    try:
+                        async with asyncio.timeout(2):
+                            async with http.get(url, ssl=self._client_ssl()) as r:
+                                if r.status == 200:
+                                    pending.remove(url)
+                                else:
+                                    last = f"{url} answered {r.status}"
+                    except Exception as exc:  # not ready yet: any failure means "try again"
+                        last = f"{url}: {type(exc).__name__}"
+                if pending:
+                    await asyncio.sleep(0.2)
+        if pending:
+            raise ServerNotReady(
+                f"services not ready after {timeout_s:.0f} s ({last}); "
+                f"see {self.layout.logs_dir}/sts.log and ca.log"
+            )
+
+    async def health(self) -> list[Health]:
+        out = []
+        async with aiohttp.ClientSession() as http:
+            for name, url in (
+                ("sts", f"{self.sts_urls[0]}/{self.demo.tenants[0].id}/discovery/v2.0/keys"),
+                ("sts2", f"{self.sts_urls[1]}/{self.demo.tenants[0].id}/discovery/v2.0/keys"),
+                ("ca", f"{self.ca_url}/.well-known/pta-configuration"),
+            ):
+                try:
+                    async with asyncio.timeout(3):
+                        async with http.get(url, ssl=self._client_ssl()) as r:
+                            ok = r.status == 200
+                    out.append(Health(name, ok, url.split("/", 3)[2], f"HTTP {r.status}"))
+                except Exception as exc:  # health never raises
+                    out.append(Health(name, False, url.split("/", 3)[2], type(exc).__name__))
+        return out
+
+    async def wait_agents_active(self, running_since: float, timeout_s: float) -> None:
+        """Ready = the CA recorded a heartbeat from every registered agent since it started.
+
+        An agent heartbeats only once it has bootstrapped over mutual TLS and connected to
+        its tenant queue, so this is the agent's own end-to-end readiness.
+        """
+        ids = [a["id"] for a in self.stack_json_agents()]
+        deadline = time.monotonic() + timeout_s
+        silent: list[str] = ids
+        while time.monotonic() < deadline:
+            conn = await asyncpg.connect(self.postgres_dsn, timeout=5)
+            try:
+                rows = await conn.fetch(
+                    "SELECT id::text FROM agents WHERE id = ANY($1::uuid[]) "
+                    "AND last_heartbeat_at >= to_timestamp($2)",
+                    ids,
+                    running_since,
+                )
+            finally:
+                await conn.close()
+            silent = sorted(set(ids) - {r["id"] for r in rows})
+            if not silent:
+                return
+            await asyncio.sleep(0.2)
+        names = [a["name"] for a in self.stack_json_agents() if a["id"] in silent]
+        raise ServerNotReady(
+            f"agents not active after {timeout_s:.0f} s: {', '.join(names)}; "
+            f"see {self.layout.logs_dir}/<agent>.log"
+        )
+
+    async def agent_health(self, heartbeat_interval_s: float = 600) -> list[Health]:
+        """Each agent as the CA sees it: active when it reported within two intervals."""
+        agents = self.stack_json_agents()
+        try:
+            conn = await asyncpg.connect(self.postgres_dsn, timeout=3)
+            try:
+                rows = await conn.fetch(
+                    "SELECT id::text, extract(epoch FROM now() - last_heartbeat_at) AS age "
+                    "FROM agents WHERE id = ANY($1::uuid[])",
+                    [a["id"] for a in agents],
+                )
+            finally:
+                await conn.close()
+        except Exception as exc:  # health never raises
+            return [Health(a["name"], False, "", type(exc).__name__) for a in agents]
+        ages = {r["id"]: r["age"] for r in rows}
+        out = []
+        for a in agents:
+            if a["id"] not in ages:
+                out.append(Health(a["name"], False, a["id"], "not registered at the CA"))
+                continue
+            age = ages[a["id"]]
+            is_active = age is not None and age <= 2 * heartbeat_interval_s
+            detail = "never reported" if age is None else f"heartbeat {age:.0f} s ago"
+            out.append(Health(a["name"], is_active, a["id"], detail))
+        return out
+
+    # -- agent registration ------------------------------------------------------------
+
+    def register_missing_agents(self) -> list[str]:
+        """Register every demo agent that has no state yet, through the real CLI."""
+        registered = []
+        for slot in self.agents:
+            if slot.agent_json() is not None:
+                continue
+            slot.state_dir.parent.mkdir(parents=True, exist_ok=True)
+            result = subprocess.run(
+                [
+                    _script("pta-agent"),
+                    "register",
+                    "--tenant",
+                    slot.tenant.domain,
+                    "--server",
+                    self.ca_url,
+                    "--ca-bundle",
+                    str(self.pki.service_ca_cert),
+                    "--username",
+                    slot.tenant.admin_username,
+                    "--password-stdin",
+                    "--state-dir",
+                    str(slot.state_dir),
+                    "--host",
+                    slot.name,
+                ],
+                input=slot.tenant.admin_password + "\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise StackError(
+                    f"pta-agent register for {slot.name} failed:\n"
+                    f"{(result.stdout + result.stderr).strip()[-2000:]}"
+                )
+            registered.append(slot.name)
+        return registered
+
+    def stack_json_agents(self) -> list[dict[str, str]]:
+        out = []
+        for slot in self.agents:
+            data = slot.agent_json()
+            if data is None:
+                continue
+            out.append(
+                {
+                    "id": data["agent_id"],
+                    "tenant_id": data["tenant_id"],
+                    "name": slot.name,
+                    "state_dir": str(slot.state_dir),
+                }
+            )
+        return out
