@@ -8,7 +8,8 @@ balancer. Endpoints so far (DESIGN.md "Cloud endpoints"):
 |---|---|
 | `GET /{tenant}/v2.0/.well-known/openid-configuration` | `sts.discovery` |
 | `GET /{tenant}/discovery/v2.0/keys` | `sts.discovery` |
-| `POST /{tenant}/oauth2/v2.0/token` (password, device_code) | `sts.token` |
+| `GET`, `POST /{tenant}/oauth2/v2.0/authorize` (sign-in pages) | `sts.authorize` |
+| `POST /{tenant}/oauth2/v2.0/token` (password, device code, code, refresh) | `sts.token` |
 | `POST /{tenant}/oauth2/v2.0/devicecode` | `sts.devicecode` |
 | `GET`, `POST /devicelogin` (HTML form for people) | `sts.devicelogin` |
 
@@ -20,5 +21,6 @@ with the sign-in pages.
 Modules: `app` (create_app, lifetimes), `main` (the console script), `settings`,
 `correlation` (request ids, log context), `errors`, `forms` (strict form parsing),
 `tenants`, `clients`, `admins`, `issuance` (scopes, claims), `signing` (ES256 keys, JWKS),
-`discovery`, `token`, `devicecode`, `devicelogin`, `pages` (HTML), `queries` (all SQL).
+`discovery`, `token`, `devicecode`, `devicelogin`, `pages` (HTML), `queries` (all SQL),
+`authorize` (browser sign-in), `codes` (authorization codes, refresh tokens), `pkce`.
 """

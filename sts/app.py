@@ -1,9 +1,11 @@
 """The STS application: routes, middlewares and the resources that live as long as it.
 
 `create_app(settings)` loads the signing keys at once (a bad key folder fails here, at
-start), and registers a `cleanup_ctx` that opens the database pool and the password
-hashing thread pool at startup and closes them at shutdown (STYLE.md section 6). Every
-resource sits under a typed `web.AppKey` in the module of its concept.
+start), and registers `cleanup_ctx`s that open the database pool, the password hashing
+thread pool and the sign-in path (`sts.passwords.sign_in_resources`: broker connection,
+agent key LISTEN connection, sign-in log writer) at startup and close them at shutdown
+(STYLE.md section 6). Every resource sits under a typed `web.AppKey` in the module of
+its concept.
 
 Middlewares, outermost first: correlation (ids, log context, response headers), then
 errors (OAuth errors, aiohttp's HTTP errors and faults rendered in Entra's shape). Bodies
@@ -20,12 +22,13 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from sts import devicecode, devicelogin, discovery, token
+from sts import authorize, devicecode, devicelogin, discovery, token, userrealm
 from sts.admins import ADMINS, AdminVerifier
 from sts.correlation import correlation_middleware
 from sts.devicecode import DEVICE_FLOW, DeviceFlow
 from sts.errors import error_middleware
 from sts.issuance import ISSUER, TokenIssuer
+from sts.passwords import sign_in_resources
 from sts.queries import DATABASE, Database
 from sts.settings import SETTINGS, StsSettings
 from sts.signing import SigningKeys
@@ -48,10 +51,13 @@ def create_app(
     app[ISSUER] = TokenIssuer(keys, settings.public_url, settings.access_token_lifetime_s)
     app.cleanup_ctx.append(_password_hashing)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(sign_in_resources)  # after the pool: it uses it
     discovery.add_routes(app)
     token.add_routes(app)
     devicecode.add_routes(app)
     devicelogin.add_routes(app)
+    authorize.add_routes(app)
+    userrealm.add_routes(app)
     return app
 
 

@@ -64,12 +64,14 @@ def csrf_cookie_name(is_https: bool) -> str:
     return "__Host-pta-csrf" if is_https else "pta-csrf"
 
 
-def _cookie_token(request: web.Request, is_https: bool) -> str | None:
+def csrf_cookie_token(request: web.Request, is_https: bool) -> str | None:
+    """The browser's CSRF token from its cookie, if it has a well-formed one."""
     value = request.cookies.get(csrf_cookie_name(is_https))
     return value if value and _TOKEN.match(value) else None
 
 
-def _with_csrf_cookie(response: web.Response, token: str, is_https: bool) -> web.Response:
+def with_csrf_cookie(response: web.Response, token: str, is_https: bool) -> web.Response:
+    """Set (or refresh) the CSRF cookie on a page that carries `token` in its form."""
     response.set_cookie(
         csrf_cookie_name(is_https),
         token,
@@ -87,7 +89,7 @@ def check_csrf(request: web.Request, submitted: str | None, *, public_url: str) 
     origin = request.headers.get("Origin")
     if origin is not None and origin != _origin(public_url):
         raise CsrfRejected()
-    cookie = _cookie_token(request, public_url.startswith("https://"))
+    cookie = csrf_cookie_token(request, public_url.startswith("https://"))
     if cookie is None or submitted is None:
         raise CsrfRejected()
     if not hmac.compare_digest(cookie.encode("ascii"), submitted.encode("utf-8")):
@@ -103,9 +105,9 @@ def _origin(url: str) -> str:
 async def get_devicelogin(request: web.Request) -> web.Response:
     """`GET /devicelogin`: the empty form, with a CSRF token (reused if still valid)."""
     is_https = request.app[SETTINGS].is_https
-    token = _cookie_token(request, is_https) or secrets.token_urlsafe(32)
+    token = csrf_cookie_token(request, is_https) or secrets.token_urlsafe(32)
     response = html_response(device_login_page(csrf_token=token))
-    return _with_csrf_cookie(response, token, is_https)
+    return with_csrf_cookie(response, token, is_https)
 
 
 async def post_devicelogin(request: web.Request) -> web.Response:

@@ -8,8 +8,8 @@ same), so the issuer is one string per tenant. `GET /{tenant}/discovery/v2.0/key
 key set, the same for every tenant. An unknown tenant is AADSTS90002 on both.
 
 Only what is implemented is advertised: public clients (`none` authentication), the
-password and device code grants, ES256. The authorize endpoint is listed because MSAL
-requires the member; it arrives with the sign-in pages.
+authorization code (PKCE S256 only), refresh token, password and device code grants,
+ES256, and the `query` and `form_post` response modes of the authorize endpoint.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ import orjson
 from aiohttp import web
 
 from common.contracts import CA_SCOPE
+from sts.codes import CODE_GRANTS
 from sts.issuance import ISSUER, OIDC_SCOPES
+from sts.pkce import S256
 from sts.signing import ALGORITHM
 from sts.tenants import tenant_of
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 PASSWORD_GRANT = "password"  # noqa: S105 -- a grant type name, not a password
-SUPPORTED_GRANTS = (PASSWORD_GRANT, DEVICE_CODE_GRANT)
+SUPPORTED_GRANTS = (PASSWORD_GRANT, DEVICE_CODE_GRANT, *CODE_GRANTS)
 
 CLAIMS = "iss aud sub oid tid iat nbf exp nonce name preferred_username roles ver"
 
@@ -49,6 +51,7 @@ def openid_configuration(public_url: str, tenant_id: str) -> dict[str, object]:
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [ALGORITHM],
         "token_endpoint_auth_methods_supported": ["none"],
+        "code_challenge_methods_supported": [S256],
         "scopes_supported": [*OIDC_SCOPES, CA_SCOPE],
         "claims_supported": CLAIMS.split(),
         "request_uri_parameter_supported": False,

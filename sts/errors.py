@@ -186,6 +186,10 @@ class AccountLocked(GrantError):
     code = 50053
 
 
+class SmartLockout(AccountLocked):
+    """The account is locked for a while after too many failed sign-ins. Try again later."""
+
+
 class PasswordMustChange(GrantError):
     """The password must be changed before signing in. Change it on-premises, then retry."""
 
@@ -217,9 +221,10 @@ class InvalidUsername(GrantError):
 
 
 class LogonHoursInvalid(GrantError):
-    """The user tried to sign in outside the allowed hours."""
+    """The user tried to sign in outside the allowed hours or from a workstation not allowed."""
 
-    code = 80012
+    # DESIGN.md's table: logon_hours answers AADSTS50053 (Entra's 80012 is not used).
+    code = 50053
 
 
 class InvalidDeviceCode(GrantError):
@@ -341,7 +346,7 @@ AGENT_STATUS_ERRORS: dict[Status, type[OAuthError]] = {
     Status.ACCOUNT_LOCKED: AccountLocked,
     Status.ACCOUNT_DISABLED: AccountDisabled,
     Status.ACCOUNT_EXPIRED: AccountDisabled,
-    Status.LOGON_HOURS: AccountLocked,
+    Status.LOGON_HOURS: LogonHoursInvalid,
     Status.INVALID_USERNAME: InvalidUsername,
     Status.DIRECTORY_UNAVAILABLE: DirectoryError,
     Status.DIRECTORY_TIMEOUT: AgentTimeout,

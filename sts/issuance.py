@@ -3,11 +3,14 @@
 Every grant ends here once it knows who signed in. Scope rules (RFC 6749 section 3.3,
 space-separated, case-sensitive, at most `MAX_SCOPES` items):
 - OpenID scopes `openid`, `profile`, `email`, `offline_access` may always be asked for;
-  `openid` adds an ID token. No refresh token is issued yet, so `offline_access` is
-  accepted (MSAL always adds it) and not granted.
+  `openid` adds an ID token. `offline_access` adds a refresh token to the authorization
+  code grant (`sts.codes`); the password and device code grants accept it (MSAL always
+  adds it) and do not grant it.
 - At most one resource scope, and only `urn:pta:ca/.default`, only for the first-party
   client `pta-agent`: it makes the access token's audience `urn:pta:ca`, which the CA
   accepts for agent registration. Other apps cannot get a CA token (least privilege).
+- An app may ask for its own resource, `{client_id}/.default` or
+  `api://{client_id}/.default`: the audience is the client id, as without one.
 - Without a resource scope the access token's audience is the client id.
 Anything else is AADSTS70011 invalid_scope.
 
@@ -15,7 +18,9 @@ Claims: access tokens carry `iss` (`{public_url}/{tenant id}/v2.0`), `aud`, `tid
 `sub` (= `oid`: one stable subject for every relying party, "public" subject type),
 `preferred_username`, `name`, `roles`, `azp` (the client), `ver` "2.0", `jti`, `iat`,
 `nbf`, `exp`. ID tokens (DESIGN.md) carry `iss`, `aud` (the client), `sub`, `oid`, `tid`,
-`preferred_username`, `name`, `ver`, `iat`, `nbf`, `exp`, and `nonce` when one was sent.
+`preferred_username`, `name`, `ver`, `iat`, `nbf`, `exp`, and `nonce` when one was sent,
+`auth_time` when the grant knows when the user signed in (browser sign-in).
+Tokens are about a `Principal`: a cloud-only admin or a synced user (roles empty).
 Authorization rests on `roles`; delegated scopes (`scp`) are not modelled yet.
 """
 
@@ -24,19 +29,33 @@ from __future__ import annotations
 import base64
 import secrets
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import orjson
 from aiohttp import web
 
 from common.contracts import AGENT_CLIENT_ID, CA_AUDIENCE, CA_SCOPE
-from sts.admins import Admin
 from sts.errors import InvalidScope
 from sts.signing import SigningKeys
 
 OIDC_SCOPES: Final = ("openid", "profile", "email", "offline_access")
 MAX_SCOPES: Final = 20
 _NOT_GRANTED: Final = frozenset({"offline_access"})
+
+
+class Principal(Protocol):
+    """Who a token is about: an admin (`sts.admins.Admin`) or a synced user."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def display_name(self) -> str: ...
+    @property
+    def roles(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +101,8 @@ def parse_scope(raw: str | None, client_id: str) -> Scope:
                     f"The scope '{CA_SCOPE}' is only for client '{AGENT_CLIENT_ID}'."
                 )
             resource = item
+        elif item in (f"{client_id}/.default", f"api://{client_id}/.default"):
+            resource = item  # the app's own API: the audience stays the client id
         else:
             shown = item if len(item) <= 100 else item[:100] + "..."
             raise InvalidScope(
@@ -109,7 +130,7 @@ class TokenIssuer:
         return f"{self.public_url}/{tenant_id}/v2.0"
 
     def access_token_claims(
-        self, admin: Admin, *, client_id: str, scope: Scope, now: int
+        self, admin: Principal, *, client_id: str, scope: Scope, now: int
     ) -> dict[str, object]:
         return {
             "aud": scope.audience,
@@ -129,7 +150,13 @@ class TokenIssuer:
         }
 
     def id_token_claims(
-        self, admin: Admin, *, client_id: str, now: int, nonce: str | None = None
+        self,
+        admin: Principal,
+        *,
+        client_id: str,
+        now: int,
+        nonce: str | None = None,
+        auth_time: int | None = None,
     ) -> dict[str, object]:
         claims: dict[str, object] = {
             "aud": client_id,
@@ -146,17 +173,21 @@ class TokenIssuer:
         }
         if nonce:
             claims["nonce"] = nonce
+        if auth_time is not None:
+            claims["auth_time"] = auth_time
         return claims
 
     def token_response(
         self,
-        admin: Admin,
+        admin: Principal,
         *,
         client_id: str,
         scope: Scope,
         now: int,
         with_client_info: bool = False,
         nonce: str | None = None,
+        auth_time: int | None = None,
+        refresh_token: str | None = None,
     ) -> dict[str, object]:
         """The successful token response (RFC 6749 section 5.1, with Entra's extras)."""
         access = self.keys.sign(
@@ -169,9 +200,14 @@ class TokenIssuer:
             "ext_expires_in": self.lifetime_s,
             "access_token": access,
         }
+        if refresh_token is not None:
+            body["refresh_token"] = refresh_token
+            body["scope"] = " ".join(filter(None, (scope.granted, "offline_access")))
         if scope.has_openid:
             body["id_token"] = self.keys.sign(
-                self.id_token_claims(admin, client_id=client_id, now=now, nonce=nonce)
+                self.id_token_claims(
+                    admin, client_id=client_id, now=now, nonce=nonce, auth_time=auth_time
+                )
             )
         if with_client_info:
             # Entra's client_info (MSAL builds its account id from it): uid.utid.

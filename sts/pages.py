@@ -1,33 +1,55 @@
 """Server-rendered HTML pages: plain forms, no JavaScript, every value escaped.
 
-The device login form, its result page and the error page of browser routes. Templates
-are `string.Template`s filled only through `_fill`, which HTML-escapes every value
-(quotes included), so nothing a user typed can become markup. The password field is
-never given a value: a password is never echoed into a page.
+The device login form, its result page, the error page of browser routes, and the
+sign-in pages of the authorize flow (username, password, form_post answer). Templates
+are `string.Template`s filled only through `_fill` or `html.escape`, which escape every
+value (quotes included), so nothing a user typed can become markup. The password field
+is never given a value: a password is never echoed into a page.
 
 Responses carry `Cache-Control: no-store` and a strict Content-Security-Policy (no
-scripts at all, forms post only to this site, no framing: clickjacking would let another
-site approve a device code with the victim's session).
+scripts, forms post only to this site, no framing: clickjacking would let another site
+approve a device code with the victim's session). The authorize pages add the client's
+redirect origin to `form-action`, and the form_post page allows its one auto-submit
+script by hash.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from string import Template
 
 from aiohttp import web
 
+
+def content_security_policy(*, form_action: Sequence[str] = (), script: str | None = None) -> str:
+    """The pages' policy: nothing but inline styles; forms post to this site and to
+    `form_action` (a client's redirect origin: browsers apply form-action to the redirect
+    that follows a POST too); `script`, when given, is the one inline script allowed."""
+    targets = " ".join(["'self'", *form_action])
+    policy = (
+        f"default-src 'none'; style-src 'unsafe-inline'; form-action {targets}; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    if script is not None:
+        digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+        policy += f"; script-src 'sha256-{digest}'"
+    return policy
+
+
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": content_security_policy(),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: with it, browsers send `Origin: null` on our own form POSTs (Fetch
+    # standard, "append a request Origin header") and the CSRF Origin check refuses them.
+    # same-origin sends our origin to ourselves and no referrer to anyone else.
+    "Referrer-Policy": "same-origin",
 }
 
 _LAYOUT = Template("""<!doctype html>
@@ -130,3 +152,137 @@ def html_response(
     if headers:
         response.headers.update(headers)
     return response
+
+
+# --------------------------------------------------------------------------- sign-in pages
+# The browser sign-in of `sts.authorize`: a username page, a password page, and the
+# `form_post` response page. Flow parameters ride in hidden fields (re-validated on
+# every POST by the handler, never trusted from here).
+
+AUTO_SUBMIT_SCRIPT = "document.forms[0].submit();"
+"""The only script the STS serves: the form_post page's auto-submit, allowed by its hash."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A message on a sign-in page; with a code, also the ids support needs."""
+
+    message: str
+    code: str = ""
+    correlation_id: str = ""
+    timestamp: str = ""
+
+
+_NOTICE = Template('<div class="error" role="alert" id="notice"><p>$message</p></div>\n')
+
+_NOTICE_WITH_IDS = Template("""<div class="error" role="alert" id="notice">
+<p>$code: $message</p>
+<p class="meta">Correlation ID: $correlation_id<br>Timestamp: $timestamp</p>
+</div>
+""")
+
+_HIDDEN = Template('<input type="hidden" name="$name" value="$value">\n')
+
+_SIGN_IN_USERNAME = Template("""<p>to continue to <strong>$app_name</strong></p>
+$notice<form method="post" action="$action">
+$hidden<label for="username">Username (for example alex@contoso.com)</label>
+<input type="text" id="username" name="username" value="$username" maxlength="$max"
+ autocomplete="username" autocapitalize="none" spellcheck="false" required autofocus$invalid>
+<button type="submit">Next</button>
+</form>
+""")
+
+_SIGN_IN_PASSWORD = Template("""<p>Signing in to <strong>$app_name</strong> as</p>
+<p><strong id="account">$username</strong></p>
+$notice<form method="post" action="$action">
+$hidden<label for="password">Password</label>
+<input type="password" id="password" name="password" maxlength="$max"
+ autocomplete="current-password" required autofocus$invalid>
+<button type="submit">Sign in</button>
+</form>
+<p><a href="$restart">Sign in with another account</a></p>
+""")
+
+_FORM_POST = Template("""<form method="post" action="$action">
+$hidden<noscript><p>Scripts are off in this browser. Press Continue to finish signing in.</p>
+<button type="submit">Continue</button></noscript>
+</form>
+<script>$script</script>
+""")
+
+_INVALID = ' aria-invalid="true" aria-describedby="notice"'
+
+
+def _notice(notice: Notice | None) -> str:
+    if notice is None:
+        return ""
+    if not notice.code:
+        return _fill(_NOTICE, {"message": notice.message})
+    return _fill(
+        _NOTICE_WITH_IDS,
+        {
+            "code": notice.code,
+            "message": notice.message,
+            "correlation_id": notice.correlation_id,
+            "timestamp": notice.timestamp,
+        },
+    )
+
+
+def _hidden(fields: Mapping[str, str]) -> str:
+    return "".join(_fill(_HIDDEN, {"name": k, "value": v}) for k, v in fields.items())
+
+
+def sign_in_username_page(
+    *,
+    action: str,
+    hidden: Mapping[str, str],
+    app_name: str,
+    username: str = "",
+    username_max: int = 256,
+    notice: Notice | None = None,
+) -> str:
+    """The first sign-in page: who are you (prefilled from login_hint or earlier input)."""
+    body = _SIGN_IN_USERNAME.substitute(
+        app_name=html.escape(app_name, quote=True),
+        notice=_notice(notice),
+        action=html.escape(action, quote=True),
+        hidden=_hidden(hidden),
+        username=html.escape(username, quote=True),
+        max=str(username_max),
+        invalid=_INVALID if notice else "",
+    )
+    return _layout("Sign in", body)
+
+
+def sign_in_password_page(
+    *,
+    action: str,
+    hidden: Mapping[str, str],
+    app_name: str,
+    username: str,
+    restart_url: str,
+    password_max: int = 256,
+    notice: Notice | None = None,
+) -> str:
+    """The second sign-in page: the account, an empty password field, "Sign in"."""
+    body = _SIGN_IN_PASSWORD.substitute(
+        app_name=html.escape(app_name, quote=True),
+        username=html.escape(username, quote=True),
+        notice=_notice(notice),
+        action=html.escape(action, quote=True),
+        hidden=_hidden(hidden),
+        max=str(password_max),
+        invalid=_INVALID if notice else "",
+        restart=html.escape(restart_url, quote=True),
+    )
+    return _layout("Enter password", body)
+
+
+def form_post_page(*, action: str, fields: Mapping[str, str]) -> str:
+    """OAuth 2.0 Form Post Response Mode: the answer posted to the client by the browser
+    (auto-submitted; a Continue button without scripts)."""
+    body = _FORM_POST.substitute(
+        action=html.escape(action, quote=True), hidden=_hidden(fields), script=AUTO_SUBMIT_SCRIPT
+    )
+    return _layout("Signing in", body)

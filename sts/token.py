@@ -4,16 +4,22 @@ Form-encoded fields, validated at the edge (`sts.forms`). Checks run in this ord
 the first failure is the answer:
 1. the tenant (AADSTS90002), the body (90100: not a form, a field repeated, too long);
 2. `grant_type` present (900144) and supported (70003 unsupported_grant_type):
-   `password` or `urn:ietf:params:oauth:grant-type:device_code`;
+   `password`, `urn:ietf:params:oauth:grant-type:device_code`, `authorization_code` or
+   `refresh_token`;
 3. `client_id` present, and `pta-agent` or a public app of this tenant (700016, 7000218);
 4. the grant:
    - password: refused when the tenant blocks legacy authentication (53003); `scope`
-     (70011); `username`, `password` (900144); then the tenant's cloud-only admins
-     verify it: not an admin of this tenant 50034, wrong password 50126. Synced users
-     (validated by the agents) are not routed here yet, so they get 50034 for now.
+     (70011); `username`, `password` (900144); then a cloud-only admin of the tenant is
+     verified by the STS (wrong password 50126), and anyone else goes to the tenant's
+     agents through `sts.signin.PASSWORD_VALIDATOR` (`sts.passwords`: unknown user
+     50034, smart lockout 50053, the agent's answer by DESIGN.md's table, 800xx when
+     the agents cannot answer).
    - device code: see `sts.devicecode.redeem`.
+   - authorization code (with PKCE) and refresh token: see `sts.codes` (the code's own
+     scope, nonce and user; a refresh token is rotated on every use).
 Success is `{"token_type": "Bearer", "access_token", "expires_in", "ext_expires_in",
-"scope"}` plus `id_token` when `openid` was asked for and `client_info` when MSAL asks
+"scope"}` plus `id_token` when `openid` was asked for, `refresh_token` when a browser
+sign-in asked for `offline_access`, and `client_info` when MSAL asks
 (`client_info=1`), sent with `Cache-Control: no-store` (RFC 6749 section 5.1).
 
 Each request logs one summary line, `token_issued` or `token_refused`, with the grant,
@@ -28,8 +34,9 @@ import orjson
 import structlog
 from aiohttp import web
 
-from sts.admins import ADMINS, Admin
+from sts.admins import ADMINS
 from sts.clients import Client, resolve_client
+from sts.codes import CODE_GRANTS, GRANT_FIELDS, AuthorizedUser, exchange
 from sts.correlation import context_of
 from sts.devicecode import DEVICE_FLOW, redeem
 from sts.discovery import PASSWORD_GRANT, SUPPORTED_GRANTS
@@ -45,8 +52,9 @@ from sts.forms import (
     Form,
     read_form,
 )
-from sts.issuance import ISSUER, Scope, parse_scope
+from sts.issuance import ISSUER, Principal, Scope, parse_scope
 from sts.queries import DATABASE
+from sts.signin import PASSWORD_VALIDATOR, SignInContext
 from sts.tenants import Tenant, tenant_of
 
 TOKEN_FIELDS = {
@@ -57,21 +65,37 @@ TOKEN_FIELDS = {
     "password": PASSWORD_MAX,
     "device_code": DEVICE_CODE_MAX,
     "client_info": SHORT_MAX,
+    **GRANT_FIELDS,
 }
 SECRET_FIELDS = frozenset({"password", "device_code"})
 
 
 async def _password_grant(
     request: web.Request, tenant: Tenant, client: Client, form: Form
-) -> tuple[Admin, Scope]:
-    """Resource owner password credentials (RFC 6749 section 4.3), admins only for now."""
+) -> tuple[Principal, Scope]:
+    """Resource owner password credentials (RFC 6749 section 4.3).
+
+    A cloud-only admin of the tenant is verified here (argon2id, `sts.admins`); anyone
+    else is a synced user whose password the tenant's agents check
+    (`sts.signin.PASSWORD_VALIDATOR`: lockout, dispatch, DESIGN.md's error table).
+    """
     if tenant.block_legacy_auth:
         raise LegacyAuthenticationBlocked()
     scope = parse_scope(form.get("scope"), client.client_id)
     username = form.require("username")
     password = form.require("password")
-    admin = await request.app[ADMINS].verify(tenant.uuid, username, password)
-    return admin, scope
+    if await request.app[DATABASE].admin_by_username(tenant.uuid, username) is not None:
+        admin = await request.app[ADMINS].verify(tenant.uuid, username, password)
+        return admin, scope
+    ctx = context_of(request)
+    context = SignInContext(
+        correlation_id=ctx.correlation_id,
+        client_id=client.client_id,
+        client_ip=request.remote or "",
+        flow="password_grant",
+    )
+    user = await request.app[PASSWORD_VALIDATOR].validate(tenant, username, password, context)
+    return AuthorizedUser.signed_in(user), scope
 
 
 async def post_token(request: web.Request) -> web.Response:
@@ -91,19 +115,25 @@ async def post_token(request: web.Request) -> web.Response:
         summary["username"] = form.get("username")
         client = await resolve_client(request.app[DATABASE], tenant, form.require("client_id"))
         summary["client_id"] = client.client_id
-        if grant == PASSWORD_GRANT:
+        admin: Principal
+        body: dict[str, object] | None = None
+        if grant in CODE_GRANTS:  # sts.codes: authorization_code (PKCE S256), refresh_token
+            issued = await exchange(request, grant, tenant, client, form)
+            admin, scope, body = issued.user, issued.scope, issued.body
+        elif grant == PASSWORD_GRANT:
             admin, scope = await _password_grant(request, tenant, client, form)
         else:  # DEVICE_CODE_GRANT, the only other supported grant
             admin, scope = await redeem(
                 request.app[DEVICE_FLOW], tenant, client, form.require("device_code")
             )
-        body = request.app[ISSUER].token_response(
-            admin,
-            client_id=client.client_id,
-            scope=scope,
-            now=int(time.time()),
-            with_client_info=form.get("client_info") == "1",
-        )
+        if body is None:
+            body = request.app[ISSUER].token_response(
+                admin,
+                client_id=client.client_id,
+                scope=scope,
+                now=int(time.time()),
+                with_client_info=form.get("client_info") == "1",
+            )
     except OAuthError as exc:
         structlog.get_logger(__name__).info(
             "token_refused",

@@ -1,0 +1,196 @@
+"""Smart lockout: stop password guessing in the cloud, before the directory locks the user.
+
+DESIGN.md security rules: per user, threshold 10 and 60 s by default, each further
+lockout longer, counted across all STS replicas, configured below the directory's own
+lockout threshold so that attackers are stopped before they lock users out on-premises.
+
+The policy (`LockoutPolicy`, pure: the caller passes `now`) follows Entra's smart lockout:
+- only `invalid_credentials` answers count as failures; a locked user is answered
+  AADSTS50053 without any agent being asked, and those attempts do not count;
+- `threshold` failures lock the user for `duration_s`; once a user has been locked, the
+  next failure after the lock ends locks again, each time twice as long, up to
+  `max_duration_s`;
+- a success forgets everything; so does `forget_after_s` (a day) without any failure;
+- with a fingerprint key, the last `remembered_passwords` (3, as Entra) wrong passwords
+  are remembered as keyed fingerprints (HMAC-SHA256 under a per-deployment secret, never
+  a plain hash, which would be a cheap offline guessing target): typing the same wrong
+  password again does not count again. A repeat is still sent to the agent, and a
+  directory that counts every failed bind (OpenLDAP ppolicy does; AD exempts only
+  recent old passwords) counts it: with such a directory, leave the secret unset, or
+  the directory may lock a user the cloud did not.
+
+State lives in PostgreSQL (`lockouts`, migration 005) so every replica counts together;
+`LockoutStore` converts rows and runs the read-modify-write under a row lock. The read
+on the hot path comes with the user lookup (`Database.sign_in_user`), so a sign-in costs
+no extra round trip for lockout unless it fails or clears a previous failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from sts.queries import Database, LockoutRow
+
+FINGERPRINT_LABEL = b"pta.lockout.password"
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutState:
+    """One user's lockout counters. Times are Unix seconds."""
+
+    failures: int = 0
+    lockouts: int = 0
+    locked_until: float | None = None
+    last_failure_at: float | None = None
+    recent_failures: tuple[bytes, ...] = ()
+
+    @property
+    def is_clear(self) -> bool:
+        """True when there is nothing to remember (no row needed)."""
+        return self == LockoutState()
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutPolicy:
+    """The rules (see module docstring); `after_failure` and friends are pure."""
+
+    threshold: int = 10
+    duration_s: float = 60.0
+    max_duration_s: float = 3600.0
+    forget_after_s: float = 86_400.0
+    remembered_passwords: int = 3
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1 or self.duration_s <= 0 or self.max_duration_s < self.duration_s:
+            raise ValueError("need threshold >= 1 and 0 < duration_s <= max_duration_s")
+
+    def locked_for(self, state: LockoutState, now: float) -> float:
+        """Seconds the user stays locked; 0 when they may sign in."""
+        if state.locked_until is None:
+            return 0.0
+        return max(state.locked_until - now, 0.0)
+
+    def is_locked(self, state: LockoutState, now: float) -> bool:
+        return self.locked_for(state, now) > 0
+
+    def lock_duration(self, lockouts: int) -> float:
+        """How long the `lockouts`-th lockout lasts: duration_s doubling, capped."""
+        if lockouts < 1:
+            return 0.0
+        # Cap the exponent too: 2**10000 would be a very large float before min().
+        return min(self.duration_s * 2.0 ** min(lockouts - 1, 64), self.max_duration_s)
+
+    def after_failure(
+        self, state: LockoutState, now: float, fingerprint: bytes | None = None
+    ) -> LockoutState:
+        """The state after a wrong password (`invalid_credentials`) at `now`."""
+        if self.is_locked(state, now):
+            return state  # not counted: a locked user is never sent to an agent
+        if state.last_failure_at is not None and now - state.last_failure_at > self.forget_after_s:
+            state = LockoutState()
+        if fingerprint is not None and fingerprint in state.recent_failures:
+            return state  # the same wrong password again (Entra does not count repeats)
+        recent = state.recent_failures
+        if fingerprint is not None:
+            recent = (fingerprint, *recent)[: self.remembered_passwords]
+        failures = state.failures + 1
+        if failures >= self.threshold or state.lockouts > 0:
+            lockouts = state.lockouts + 1
+            return LockoutState(
+                failures=0,
+                lockouts=lockouts,
+                locked_until=now + self.lock_duration(lockouts),
+                last_failure_at=now,
+                recent_failures=recent,
+            )
+        return dataclasses.replace(
+            state, failures=failures, last_failure_at=now, recent_failures=recent
+        )
+
+    def after_success(self, _state: LockoutState) -> LockoutState:
+        """A valid password resets everything."""
+        return LockoutState()
+
+
+def fingerprint(key: bytes, tenant_id: str, username: str, password: str) -> bytes:
+    """The keyed fingerprint of a wrong password, bound to its user (HMAC-SHA256).
+
+    Bound to tenant and user so that one user's fingerprints say nothing about another's.
+    Never log or return it to a client.
+    """
+    message = b"\x00".join(
+        (FINGERPRINT_LABEL, tenant_id.encode(), username.encode(), password.encode())
+    )
+    return hmac.digest(key, message, hashlib.sha256)
+
+
+def _to_unix(value: dt.datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _to_datetime(value: float | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
+
+
+def state_from_row(row: LockoutRow | None) -> LockoutState:
+    if row is None:
+        return LockoutState()
+    return LockoutState(
+        failures=row.failures,
+        lockouts=row.lockouts,
+        locked_until=_to_unix(row.locked_until),
+        last_failure_at=_to_unix(row.last_failure_at),
+        recent_failures=row.recent_failures,
+    )
+
+
+def row_from_state(state: LockoutState) -> LockoutRow:
+    return LockoutRow(
+        failures=state.failures,
+        lockouts=state.lockouts,
+        locked_until=_to_datetime(state.locked_until),
+        last_failure_at=_to_datetime(state.last_failure_at),
+        recent_failures=state.recent_failures,
+    )
+
+
+class LockoutStore:
+    """Applies the policy to the shared rows. Raises DatabaseUnavailable."""
+
+    def __init__(self, db: Database, policy: LockoutPolicy, *, key: bytes | None) -> None:
+        self._db = db
+        self.policy = policy
+        self._key = key
+
+    def fingerprint(self, tenant_id: str, username: str, password: str) -> bytes | None:
+        """The keyed fingerprint of `password`, or None when no secret is configured."""
+        if self._key is None:
+            return None
+        return fingerprint(self._key, tenant_id, username, password)
+
+    async def record_failure(
+        self, tenant_id: str, username: str, now: float, password_fingerprint: bytes | None
+    ) -> LockoutState:
+        """Count one wrong password; returns the new state (locked or not)."""
+
+        def mutate(row: LockoutRow) -> LockoutRow:
+            new = self.policy.after_failure(state_from_row(row), now, password_fingerprint)
+            return row_from_state(new)
+
+        row = await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
+        return state_from_row(row)
+
+    async def record_success(self, tenant_id: str, username: str, state: LockoutState) -> None:
+        """Forget the user's failures; no write when there were none."""
+        if not state.is_clear:
+            await self._db.clear_lockout(uuid.UUID(tenant_id), username)
+
+
+LOCKOUT = web.AppKey("lockout", LockoutStore)

@@ -1,0 +1,381 @@
+"""`AgentPasswordValidator`: the `sts.signin.PasswordValidator` of synced users.
+
+One call is one sign-in attempt (DESIGN.md flow 3), in this order, the first answer wins:
+1. the user: a synced user of this tenant (`users`, tenant-scoped, with their lockout
+   state in the same query); unknown is AADSTS50034, and no agent is asked;
+2. smart lockout (`sts.lockout`): a locked user is AADSTS50053, no agent is asked;
+3. an empty password is AADSTS50126 at once, never sent (an LDAP simple bind with an
+   empty password is an anonymous bind and "succeeds": DESIGN.md security rules);
+4. the envelope: sealed (`common.envelope.seal`) for every active agent of the tenant
+   (`sts.agent_keys`) with a fresh request id and reply key, deadline `request_timeout_s`;
+   no active agent (or no broker configured) is AADSTS80001;
+5. dispatch (`sts.dispatcher`) and the agent's answer mapped by DESIGN.md's table
+   (`error_for`);
+6. lockout bookkeeping: `invalid_credentials` counts a failure, `success` clears them;
+7. one sign-in log row (`sts.signin_log`, off the hot path) and one `sign_in` log line
+   with outcome, AADSTS code, agent id and latency (the correlation id is in the context).
+
+The `result` of the log is the agent's status or one of `StsOutcome`. Database trouble
+raises `DatabaseUnavailable` (503) and is logged as result `error`. A lockout write that
+fails after the agent answered is logged, not fatal: the user gets the agent's answer.
+
+The password lives only in this call: it goes into the envelope and, when a lockout
+secret is configured, into a keyed fingerprint; never into a log, row or exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import structlog
+from aiohttp import web
+
+from common.envelope import new_reply_key, seal
+from common.wire import Status
+from sts.agent_keys import AGENT_KEYS, AgentKeys, recipients_of
+from sts.dispatcher import (
+    DISPATCHER,
+    AgentDispatcher,
+    Dispatcher,
+    DispatchOutcome,
+    DispatchRequest,
+)
+from sts.errors import (
+    AGENT_STATUS_ERRORS,
+    AgentReplyInvalid,
+    AgentTimeout,
+    DatabaseUnavailable,
+    InvalidCredentials,
+    NoAgentAvailable,
+    OAuthError,
+    SmartLockout,
+    UserNotFound,
+)
+from sts.lockout import LOCKOUT, LockoutPolicy, LockoutState, LockoutStore, state_from_row
+from sts.queries import DATABASE, Database, SignInRecord, SignInUserRow
+from sts.settings import SETTINGS
+from sts.signin import PASSWORD_VALIDATOR, SignedInUser, SignInContext
+from sts.signin_log import SIGN_IN_LOG, SignInLog
+from sts.tenants import Tenant
+
+log = structlog.get_logger(__name__)
+
+SUCCESS = str(Status.SUCCESS)
+ERROR = "error"  # a fault (database, bug): the raised error's code is logged
+_START_WAIT_S = 5.0  # how long the start waits for LISTEN and the broker, at most
+
+
+class StsOutcome(StrEnum):
+    """Results decided by the STS itself, before or instead of an agent's answer."""
+
+    USER_NOT_FOUND = "user_not_found"
+    SMART_LOCKOUT = "smart_lockout"
+    EMPTY_PASSWORD = "empty_password"  # noqa: S105 -- an outcome name, not a password
+    PASSWORD_REFUSED = "password_refused"  # noqa: S105 -- cannot be sealed (too long)
+    NO_AGENT = "no_agent"
+    TIMEOUT = "timeout"
+    FORGED_REPLY = "forged_reply"
+
+
+STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
+    StsOutcome.USER_NOT_FOUND: UserNotFound,
+    StsOutcome.SMART_LOCKOUT: SmartLockout,
+    StsOutcome.EMPTY_PASSWORD: InvalidCredentials,
+    StsOutcome.PASSWORD_REFUSED: InvalidCredentials,
+    StsOutcome.NO_AGENT: NoAgentAvailable,
+    StsOutcome.TIMEOUT: AgentTimeout,
+    StsOutcome.FORGED_REPLY: AgentReplyInvalid,
+}
+"""DESIGN.md's table, the rows without an agent status."""
+
+_STS_OUTCOMES = frozenset(str(o) for o in StsOutcome)
+
+_DISPATCH_OUTCOMES = {
+    DispatchOutcome.NO_AGENT: StsOutcome.NO_AGENT,
+    DispatchOutcome.TIMEOUT: StsOutcome.TIMEOUT,
+    DispatchOutcome.FORGED: StsOutcome.FORGED_REPLY,
+}
+
+
+def error_for(result: str) -> type[OAuthError] | None:
+    """The error answered for a sign-in `result` (agent status or StsOutcome); None = success.
+
+    Raises ValueError for a result that is neither (a bug).
+    """
+    if result == SUCCESS:
+        return None
+    if result in _STS_OUTCOMES:
+        return STS_OUTCOME_ERRORS[StsOutcome(result)]
+    return AGENT_STATUS_ERRORS[Status(result)]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one attempt came to, before it is logged and answered."""
+
+    result: str
+    user: SignInUserRow | None = None
+    agent_id: str | None = None
+    detail: str = ""
+    request_id: str | None = None
+
+
+class AgentPasswordValidator:
+    """Validates synced users' passwords through the tenant's agents (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        agent_keys: AgentKeys,
+        dispatcher: AgentDispatcher | None,
+        lockout: LockoutStore,
+        sign_in_log: SignInLog,
+        request_timeout_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._agent_keys = agent_keys
+        self._dispatcher = dispatcher
+        self._lockout = lockout
+        self._sign_in_log = sign_in_log
+        self._request_timeout_s = request_timeout_s
+        self._clock = clock
+
+    async def validate(
+        self, tenant: Tenant, username: str, password: str, context: SignInContext
+    ) -> SignedInUser:
+        """The signed-in user, or raises the OAuthError of DESIGN.md's table."""
+        started = time.perf_counter()
+        try:
+            attempt = await self._attempt(tenant, username, password, context)
+        except OAuthError as exc:  # DatabaseUnavailable and the like: logged, re-raised
+            self._record(
+                tenant, username, context, Attempt(ERROR, detail=exc.error), started, exc.code
+            )
+            raise
+        error = error_for(attempt.result)
+        self._record(tenant, username, context, attempt, started, error.code if error else 0)
+        if error is not None:
+            raise error()
+        assert attempt.user is not None and attempt.agent_id is not None  # success has both
+        user = attempt.user
+        return SignedInUser(
+            id=str(user.id),
+            tenant_id=tenant.id,
+            username=user.username,
+            display_name=user.display_name,
+            immutable_id=user.immutable_id,
+            agent_id=attempt.agent_id,
+        )
+
+    async def _attempt(
+        self, tenant: Tenant, username: str, password: str, context: SignInContext
+    ) -> Attempt:
+        """Steps 1 to 6 of the module docstring."""
+        user = await self._db.sign_in_user(tenant.uuid, username)
+        if user is None:
+            return Attempt(StsOutcome.USER_NOT_FOUND)
+        state = state_from_row(user.lockout)
+        now = self._clock()
+        policy = self._lockout.policy
+        if policy.is_locked(state, now):
+            locked_s = round(policy.locked_for(state, now))
+            return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
+        if not password:
+            return Attempt(StsOutcome.EMPTY_PASSWORD, user)
+        agents = await self._agent_keys.for_tenant(tenant.id)
+        if not agents:
+            return Attempt(StsOutcome.NO_AGENT, user, detail="the tenant has no active agent")
+        if self._dispatcher is None:
+            return Attempt(StsOutcome.NO_AGENT, user, detail="no broker is configured")
+        request_id = str(uuid.uuid4())
+        reply_key = new_reply_key()
+        try:
+            envelope = seal(
+                password=password,
+                reply_key=reply_key,
+                recipients=[(a.kid, a.public_key) for a in agents],
+                request_id=request_id,
+                tenant_id=tenant.id,
+                username=user.username,
+                issued_at=now,
+                expires_at=now + self._request_timeout_s,
+            )
+        except ValueError as exc:  # the message never holds the password (envelope.seal)
+            return Attempt(StsOutcome.PASSWORD_REFUSED, user, detail=str(exc))
+        result = await self._dispatcher.dispatch(
+            DispatchRequest(
+                envelope=envelope,
+                reply_key=reply_key,
+                recipients=recipients_of(agents),
+                correlation_id=context.correlation_id,
+            )
+        )
+        if result.outcome is not DispatchOutcome.REPLIED or result.reply is None:
+            outcome = _DISPATCH_OUTCOMES.get(result.outcome, StsOutcome.TIMEOUT)
+            return Attempt(outcome, user, detail=result.detail, request_id=request_id)
+        reply = result.reply
+        await self._bookkeep(tenant, user, state, reply.status, password)
+        return Attempt(
+            str(reply.status),
+            user,
+            agent_id=reply.agent_id,
+            detail=reply.detail,
+            request_id=request_id,
+        )
+
+    async def _bookkeep(
+        self,
+        tenant: Tenant,
+        user: SignInUserRow,
+        state: LockoutState,
+        status: Status,
+        password: str,
+    ) -> None:
+        """Smart lockout after an agent's answer; a database failure here is not fatal."""
+        try:
+            if status is Status.INVALID_CREDENTIALS:
+                fingerprint = self._lockout.fingerprint(tenant.id, user.username, password)
+                new = await self._lockout.record_failure(
+                    tenant.id, user.username, self._clock(), fingerprint
+                )
+                if self._lockout.policy.is_locked(new, self._clock()):
+                    log.warning(
+                        "smart_lockout_started",
+                        username=user.username,
+                        lockouts=new.lockouts,
+                        locked_for_s=round(self._lockout.policy.locked_for(new, self._clock())),
+                    )
+            elif status is Status.SUCCESS:
+                await self._lockout.record_success(tenant.id, user.username, state)
+        except DatabaseUnavailable:
+            log.error("lockout_update_failed", username=user.username, status=str(status))
+
+    def _record(
+        self,
+        tenant: Tenant,
+        username: str,
+        context: SignInContext,
+        attempt: Attempt,
+        started: float,
+        code: int | None,
+    ) -> None:
+        """The sign-in log row and the `sign_in` summary line."""
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        name = attempt.user.username if attempt.user is not None else username.lower()[:256]
+        result = str(attempt.result)
+        log.info(
+            "sign_in",
+            outcome=result,
+            code=code or 0,
+            agent_id=attempt.agent_id,
+            latency_ms=latency_ms,
+            username=name,
+            flow=context.flow,
+            client_id=context.client_id,
+            request_id=attempt.request_id,
+            detail=attempt.detail,
+        )
+        self._sign_in_log.add(
+            SignInRecord(
+                at=dt.datetime.now(dt.UTC),
+                tenant_id=tenant.uuid,
+                username=name,
+                user_id=attempt.user.id if attempt.user is not None else None,
+                result=result,
+                code=code or 0,
+                detail=attempt.detail[:200],
+                agent_id=uuid.UUID(attempt.agent_id) if attempt.agent_id else None,
+                latency_ms=latency_ms,
+                client_ip=context.client_ip[:64],
+                correlation_id=context.correlation_id[:64],
+                request_id=uuid.UUID(attempt.request_id) if attempt.request_id else None,
+                client_id=context.client_id[:128],
+                flow=context.flow[:32],
+            )
+        )
+
+
+# --------------------------------------------------------------------------- app lifetime
+
+
+async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
+    """`cleanup_ctx`: the validator and what it runs on (after the database's context).
+
+    Starts the LISTEN task (agent keys), the sign-in log writer and, when
+    `PTA_STS_AMQP_URL` is set, the dispatcher (connects in the background, retrying: the
+    STS serves cloud-only admins while the broker is down). Waits briefly for both the
+    LISTEN connection and the broker so the first sign-ins do not answer 80001; never
+    fails the start for them. At shutdown: stop the tasks, fail pending requests, close
+    the broker connection, and write the sign-in log rows still queued.
+    """
+    settings = app[SETTINGS]
+    db = app[DATABASE]
+    agent_keys = AgentKeys(db, dsn=settings.postgres_dsn, connect_timeout_s=settings.db_timeout_s)
+    sign_in_log = SignInLog(
+        db,
+        batch=settings.signin_log_batch,
+        flush_interval_s=settings.signin_log_flush_interval_s,
+        queue_size=settings.signin_log_queue_size,
+    )
+    secret = settings.lockout_secret
+    lockout = LockoutStore(
+        db,
+        LockoutPolicy(
+            threshold=settings.lockout_threshold,
+            duration_s=settings.lockout_duration_s,
+            max_duration_s=settings.lockout_max_duration_s,
+        ),
+        key=None if secret is None else secret.get_secret_value().encode(),
+    )
+    dispatcher = None
+    if settings.amqp_url is not None:
+        dispatcher = Dispatcher(
+            amqp_url=settings.amqp_url,
+            instance_id=settings.instance_id,
+            agents=agent_keys,
+            consumer_check_interval_s=settings.consumer_check_interval_s,
+        )
+        app[DISPATCHER] = dispatcher
+    else:
+        log.warning("sts_without_broker", detail="PTA_STS_AMQP_URL unset: synced users get 80001")
+    app[AGENT_KEYS] = agent_keys
+    app[SIGN_IN_LOG] = sign_in_log
+    app[LOCKOUT] = lockout
+    app[PASSWORD_VALIDATOR] = AgentPasswordValidator(
+        db=db,
+        agent_keys=agent_keys,
+        dispatcher=dispatcher,
+        lockout=lockout,
+        sign_in_log=sign_in_log,
+        request_timeout_s=settings.request_timeout_s,
+    )
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(agent_keys.listen(), name="sts-agent-keys-listen"),
+        loop.create_task(sign_in_log.run(), name="sts-sign-in-log"),
+    ]
+    if dispatcher is not None:
+        tasks.append(loop.create_task(dispatcher.run(), name="sts-dispatcher"))
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_START_WAIT_S):
+                await agent_keys.listening.wait()
+                if dispatcher is not None:
+                    await dispatcher.ready.wait()
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if dispatcher is not None:
+            await dispatcher.close()
+        await sign_in_log.close(timeout_s=settings.db_timeout_s)

@@ -1,0 +1,114 @@
+"""Smart lockout policy (sts.lockout), pure: every call gets `now` from the test."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from sts.lockout import (
+    LockoutPolicy,
+    LockoutState,
+    fingerprint,
+    row_from_state,
+    state_from_row,
+)
+
+POLICY = LockoutPolicy(threshold=3, duration_s=60, max_duration_s=300)
+
+
+def fail(state: LockoutState, now: float, times: int = 1, fp: bytes | None = None) -> LockoutState:
+    for _ in range(times):
+        state = POLICY.after_failure(state, now, fp)
+    return state
+
+
+def test_threshold_failures_lock_for_the_duration() -> None:
+    state = fail(LockoutState(), 1000.0, 2)
+    assert state.failures == 2 and not POLICY.is_locked(state, 1000.0)
+    state = fail(state, 1001.0)
+    assert POLICY.is_locked(state, 1001.0)
+    assert POLICY.locked_for(state, 1001.0) == 60
+    assert POLICY.is_locked(state, 1060.9)
+    assert not POLICY.is_locked(state, 1061.0)
+    assert state.lockouts == 1 and state.failures == 0
+
+
+def test_failures_while_locked_are_not_counted() -> None:
+    locked = fail(LockoutState(), 0.0, 3)
+    assert fail(locked, 10.0, 5) == locked
+
+
+def test_each_further_lockout_doubles_up_to_the_cap() -> None:
+    state = fail(LockoutState(), 0.0, 3)
+    durations = [POLICY.locked_for(state, 0.0)]
+    now = 0.0
+    for _ in range(4):
+        now = state.locked_until or now  # the lock has just ended
+        # After a first lockout, the next failure locks again (Entra's smart lockout).
+        state = fail(state, now)
+        durations.append(POLICY.locked_for(state, now))
+    assert durations == [60, 120, 240, 300, 300]
+
+
+def test_success_resets_everything() -> None:
+    state = fail(LockoutState(), 0.0, 3)
+    assert POLICY.after_success(state) == LockoutState()
+    assert POLICY.after_success(state).is_clear
+
+
+def test_failures_are_forgotten_after_a_quiet_day() -> None:
+    state = fail(LockoutState(), 0.0, 2)
+    later = 0.0 + POLICY.forget_after_s + 1
+    state = fail(state, later)
+    assert state.failures == 1 and not POLICY.is_locked(state, later)
+
+
+def test_the_same_wrong_password_counts_once() -> None:
+    a, b = b"a" * 32, b"b" * 32
+    state = fail(LockoutState(), 0.0, 5, fp=a)
+    assert state.failures == 1 and state.recent_failures == (a,)
+    state = fail(state, 1.0, fp=b)
+    assert state.failures == 2 and state.recent_failures == (b, a)
+    state = fail(state, 2.0, fp=a)
+    assert state.failures == 2  # a repeat, not counted
+
+
+def test_only_the_last_three_fingerprints_are_kept() -> None:
+    policy = LockoutPolicy(threshold=100)
+    state = LockoutState()
+    for i in range(5):
+        state = policy.after_failure(state, float(i), bytes([i]) * 32)
+    assert state.recent_failures == tuple(bytes([i]) * 32 for i in (4, 3, 2))
+
+
+def test_fingerprints_are_keyed_and_bound_to_the_user() -> None:
+    key = b"k" * 32
+    one = fingerprint(key, "t1", "alice@contoso.test", "Wrong-1")
+    assert len(one) == 32
+    assert one == fingerprint(key, "t1", "alice@contoso.test", "Wrong-1")
+    assert one != fingerprint(b"x" * 32, "t1", "alice@contoso.test", "Wrong-1")
+    assert one != fingerprint(key, "t2", "alice@contoso.test", "Wrong-1")
+    assert one != fingerprint(key, "t1", "bob@contoso.test", "Wrong-1")
+    assert b"Wrong-1" not in one
+
+
+def test_rows_round_trip() -> None:
+    state = LockoutState(2, 1, 1_700_000_060.5, 1_700_000_000.25, (b"x" * 32,))
+    row = row_from_state(state)
+    assert row.locked_until == dt.datetime.fromtimestamp(1_700_000_060.5, dt.UTC)
+    assert state_from_row(row) == state
+    assert state_from_row(None) == LockoutState()
+
+
+def test_huge_lockout_counts_stay_capped() -> None:
+    assert POLICY.lock_duration(10_000) == 300
+    assert POLICY.lock_duration(0) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"threshold": 0}, {"duration_s": 0}, {"duration_s": 60, "max_duration_s": 30}]
+)
+def test_bad_policies_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        LockoutPolicy(**kwargs)  # type: ignore[arg-type]
