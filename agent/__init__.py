@@ -1,17 +1,22 @@
 """pta-agent: the on-premises pass-through authentication agent (CLI and daemon).
 
-What it does (DESIGN.md flows 1, 2 and 4): ``pta-agent register`` obtains a tenant admin's
+What it does (DESIGN.md flows 1 to 4): ``pta-agent register`` obtains a tenant admin's
 token from the STS, makes an RSA-2048 key and a CSR locally and registers with the CA,
-which returns the agent's client certificate; ``pta-agent run`` bootstraps over mutual
-TLS for scoped broker credentials, keeps one robust AMQP connection to the tenant's queue,
-sends heartbeats and bootstraps again before the credentials expire; ``status`` and
-``unregister`` show and end a registration. Validating sign-in requests (the consumer),
-certificate renewal, ``test-logon`` and ``sync`` arrive with later issues.
+which returns the agent's client certificate; ``pta-agent run`` opens the directory,
+bootstraps over mutual TLS for scoped broker credentials, consumes its tenant's sign-in
+requests (decrypt, validate against the directory, reply with a MAC), sends heartbeats,
+bootstraps again before the credentials expire and syncs the directory's users to the
+cloud periodically; ``sync`` does that sync once, ``test-logon`` checks one username and
+password against the directory, ``status`` and ``unregister`` show and end a
+registration. Certificate renewal arrives with a later issue.
 
 Modules, one concept each: ``cli`` (commands), ``settings`` (``PTA_AGENT_*``), ``state``
 (the state folder), ``https`` (pinned HTTPS and its errors), ``signin`` (admin tokens
 from the STS), ``cloud`` (the CA API), ``registration`` (register/unregister flows),
-``broker`` (the AMQP link), ``heartbeat``, ``runner`` (the daemon), ``errors``.
+``broker`` (the AMQP link), ``consumer`` (one sign-in request), ``replay`` (request ids
+seen), ``directory`` (the interface), ``ldap_directory`` and ``ldap_verdicts`` (LDAP),
+``logon`` (test-logon's explanations), ``sync`` (users to the cloud), ``heartbeat``,
+``runner`` (the daemon), ``errors``.
 
 Run: ``pta-agent register --tenant contoso.test --server https://ca.example
 --ca-bundle service-ca.pem``, then ``pta-agent run``; ``pta-agent --help`` for the rest.

@@ -1,20 +1,19 @@
 """The agent's link to the broker: one robust AMQP connection to its tenant's queue.
 
 What: ``open_link`` connects with the credentials of a bootstrap answer
-(``cloud.BrokerGrant``, DESIGN.md flow 2), opens one channel with the prefetch that will
-bound sign-in concurrency, and checks that the tenant queue exists with a passive declare
-(``get_queue(ensure=True)``): agents may not configure anything (permission ``^$``), so
-the queue is the cloud's to declare. ``BrokerLink.close`` closes channel and connection
-within a timeout.
+(``cloud.BrokerGrant``, DESIGN.md flow 2), opens one channel with the prefetch that
+bounds sign-in concurrency, and checks that the tenant queue and the reply exchange exist
+with passive declares (``get_queue``/``get_exchange`` with ``ensure=True``): agents may
+not configure anything (permission ``^$``), so both are the cloud's to declare.
+``BrokerLink.close`` closes channel and connection within a timeout.
 
 The connection is ``aio_pika.connect_robust``: after a broker restart or a network cut it
 reconnects by itself and restores the channel; the runner replaces the whole link when it
 bootstraps again for a new access key. Reconnects and losses are logged from here.
 
-Consumption arrives with the sign-in issue: it implements ``MessageHandler`` and the
-runner will start ``link.queue.consume(handler)``. Until then the link takes no messages,
-so requests wait in the queue (bounded by their own expiration) for an agent that does.
-The broker URL carries the access key; it is never logged (aio-pika censors it too).
+The runner consumes ``link.queue`` with an ``agent.consumer.SignInHandler`` (manual ack)
+and the handler publishes replies to ``link.exchange``. The broker URL carries the
+access key; it is never logged (aio-pika censors it too).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import aio_pika
 import aiormq.exceptions
 import structlog
 from aio_pika.abc import (
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
@@ -43,7 +43,7 @@ log = structlog.get_logger(__name__)
 
 
 class MessageHandler(Protocol):
-    """Handles one sign-in request from the tenant queue (the sign-in issue implements it).
+    """Handles one sign-in request from the tenant queue (``agent.consumer.SignInHandler``).
 
     It settles the message itself (``async with message.process(...)``: ack after the
     reply is published, reject without requeue when it cannot be handled, DESIGN.md flow
@@ -68,17 +68,20 @@ class BrokerCredentialsRefused(BrokerError):
 
 
 class QueueUnavailable(BrokerError):
-    """The tenant's queue does not exist or this agent may not read it: tell the operator
-    of the cloud service (the CA declares the queue and grants access at bootstrap)."""
+    """The tenant's queue or the reply exchange does not exist, or this agent may not use
+    it: tell the operator of the cloud service (the cloud declares both and the CA grants
+    access at bootstrap)."""
 
 
 @dataclass(slots=True)
 class BrokerLink:
-    """A connected link: robust connection, one channel, the tenant queue."""
+    """A connected link: robust connection, one channel, the tenant queue, the reply
+    exchange."""
 
     connection: AbstractRobustConnection
     channel: AbstractRobustChannel
     queue: AbstractQueue
+    exchange: AbstractExchange
     grant: BrokerGrant
 
     @property
@@ -125,7 +128,7 @@ async def open_link(
     timeout_s: float,
     name: str,
 ) -> BrokerLink:
-    """Connect with ``grant``, open a channel and check the tenant queue exists.
+    """Connect with ``grant``, open a channel, check the tenant queue and reply exchange.
 
     ``ssl_context`` is used for ``amqps://`` URLs (the pinned bundle); ``name`` labels
     the connection in the broker's management UI. Raises BrokerUnreachable,
@@ -147,19 +150,23 @@ async def open_link(
             channel = await connection.channel()
             await channel.set_qos(prefetch_count=prefetch)
             queue = await channel.get_queue(grant.queue, ensure=True)
+            exchange = await channel.get_exchange(grant.reply_exchange, ensure=True)
     except BaseException as exc:
         await _close_quietly(connection)
         if isinstance(
             exc, aiormq.exceptions.ChannelNotFoundEntity | aiormq.exceptions.ChannelAccessRefused
         ):
-            raise QueueUnavailable(f"(queue {grant.queue}: {_reason(exc, secret)})") from exc
+            names = f"queue {grant.queue}, exchange {grant.reply_exchange}"
+            raise QueueUnavailable(f"({names}: {_reason(exc, secret)})") from exc
         if isinstance(exc, aiormq.exceptions.AMQPError | OSError | TimeoutError):
             raise BrokerUnreachable(f"({_where(grant)}: {_reason(exc, secret)})") from exc
         raise
     connection.reconnect_callbacks.add(_on_reconnect)
     connection.close_callbacks.add(_on_close)
     log.info("broker_connected", broker=_where(grant), queue=grant.queue, prefetch=prefetch)
-    return BrokerLink(connection=connection, channel=channel, queue=queue, grant=grant)
+    return BrokerLink(
+        connection=connection, channel=channel, queue=queue, exchange=exchange, grant=grant
+    )
 
 
 def _on_reconnect(_sender: object, *_args: object) -> None:

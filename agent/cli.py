@@ -1,4 +1,4 @@
-"""``pta-agent``: register, inspect, run and unregister the on-premises agent.
+"""``pta-agent``: register, inspect, run, test, sync and unregister the on-premises agent.
 
 The only module that reads the environment (through click ``envvar`` options and
 ``settings.load_settings``), configures logging, installs signal handlers and picks the
@@ -19,6 +19,7 @@ import getpass
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -27,12 +28,21 @@ import click
 import orjson
 import structlog
 
-from agent import __version__, registration, runner, state
+from agent import __version__, logon, registration, runner, state
 from agent.cloud import AgentGone, AgentView, CaClient
+from agent.directory import DirectoryError, DirectoryMisconfigured, Verdict
 from agent.errors import AgentError
 from agent.https import ClientCertificateRefused, ServerNotTrusted, Unreachable
-from agent.settings import DEFAULT_STATE_DIR, Settings, SettingsInvalid, load_settings
+from agent.ldap_directory import LdapDirectory, LdapDirectorySettings
+from agent.settings import (
+    DEFAULT_STATE_DIR,
+    Settings,
+    SettingsInvalid,
+    load_settings,
+    name_directory_setting,
+)
 from agent.signin import DeviceCode, DeviceCodeLogin, Login, PasswordLogin
+from agent.sync import SyncReport, UserSource, describe_skips, sync_once
 from common import logs
 
 log = structlog.get_logger(__name__)
@@ -105,15 +115,23 @@ def main() -> None:
     network's directory, connecting outbound only.
 
     \b
-    First register the agent with a tenant admin's sign-in, then run it:
+    First register the agent with a tenant admin's sign-in, check the directory
+    settings, then run it:
       pta-agent register --tenant contoso.com --server https://ca.example.com \\
           --ca-bundle service-ca.pem
+      pta-agent test-logon --username alice@contoso.com
+      pta-agent sync --dry-run
       pta-agent run
       pta-agent status
 
     Settings come from options or PTA_AGENT_* environment variables (see each command's
     --help); PTA_AGENT_LOG_LEVEL, PTA_AGENT_HEARTBEAT_INTERVAL_S, PTA_AGENT_PREFETCH,
-    PTA_AGENT_DRAIN_TIMEOUT_S and PTA_AGENT_HTTP_TIMEOUT_S tune the daemon.
+    PTA_AGENT_DRAIN_TIMEOUT_S and PTA_AGENT_HTTP_TIMEOUT_S tune the daemon. The directory
+    (run, sync, test-logon) is set with PTA_AGENT_LDAP_URL, PTA_AGENT_LDAP_BIND_DN,
+    PTA_AGENT_LDAP_BIND_PASSWORD_FILE (or PTA_AGENT_LDAP_BIND_PASSWORD),
+    PTA_AGENT_LDAP_BASE_DN, PTA_AGENT_LDAP_DOMAIN, PTA_AGENT_LDAP_LOGIN_ATTRIBUTE,
+    PTA_AGENT_LDAP_CA_FILE, PTA_AGENT_LDAP_KIND, PTA_AGENT_LDAP_POOL_SIZE and
+    PTA_AGENT_LDAP_TIMEOUT_S; PTA_AGENT_SYNC_INTERVAL_S sets run's user sync period.
     """
 
 
@@ -296,10 +314,11 @@ def unregister(
 def run(state_dir: Path | None) -> None:
     """Run the agent until SIGTERM or Ctrl-C (for a service manager such as systemd).
 
-    Bootstraps over mutual TLS for broker credentials, keeps one connection to the
-    tenant's queue (reconnecting by itself), sends heartbeats and renews the broker
-    credentials before they expire. Logs go to standard error, JSON when not on a
-    terminal; PTA_AGENT_LOG_LEVEL sets the level.
+    Opens the directory (PTA_AGENT_LDAP_* settings), bootstraps over mutual TLS for
+    broker credentials, consumes the tenant's sign-in requests (reconnecting by itself),
+    sends heartbeats, renews the broker credentials before they expire and syncs the
+    directory's users every PTA_AGENT_SYNC_INTERVAL_S seconds (0: never). Logs go to
+    standard error, JSON when not on a terminal; PTA_AGENT_LOG_LEVEL sets the level.
 
     \b
     Examples:
@@ -307,6 +326,9 @@ def run(state_dir: Path | None) -> None:
       PTA_AGENT_STATE_DIR=/srv/pta-agent PTA_AGENT_LOG_LEVEL=debug pta-agent run
     """
     settings = _settings(state_dir=state_dir)
+    with _operational():
+        state.load(settings.state_dir)  # "register first" comes before any other advice
+    _directory_settings(settings)  # a bad directory setting fails before anything starts
     logs.configure(level=settings.log_level, service="agent")
     with _operational():
         try:
@@ -314,6 +336,79 @@ def run(state_dir: Path | None) -> None:
         except AgentError as exc:
             log.error("agent_failed", error=str(exc), kind=type(exc).__name__)
             raise
+
+
+@main.command(name="test-logon", short_help="Check a username and password against the directory.")
+@click.option(
+    "--username",
+    required=True,
+    metavar="UPN",
+    help="The user to check, as they sign in (alice@contoso.com).",
+)
+@_state_dir_option
+def test_logon(username: str, state_dir: Path | None) -> None:
+    """Check one username and password against the directory, as a sign-in would.
+
+    The troubleshooter for the directory settings: uses only the PTA_AGENT_LDAP_*
+    settings (no registration, no cloud: --state-dir is accepted like everywhere, not
+    needed), validates exactly as `pta-agent run` does and
+    prints the result, what it means and what to do. The password is read from standard
+    input (prompted without echo on a terminal; one line from a pipe) and never shown.
+
+    Exit codes: 0 the password is valid; 1 the directory said no (wrong password,
+    expired, locked, ...); 2 the directory could not be asked, or a usage or settings
+    error.
+
+    \b
+    Examples:
+      pta-agent test-logon --username alice@contoso.com
+      printf '%s\\n' "$PASSWORD" | pta-agent test-logon --username alice@contoso.com
+    """
+    settings = _settings(state_dir=state_dir)
+    _configure_logs(settings)
+    directory = _directory_settings(settings)
+    password = _read_password(source="test-logon")
+    result = _run(_test_logon(directory, username, password))
+    click.echo(logon.format_result(result))
+    sys.exit(logon.exit_code(result.verdict))
+
+
+@main.command(short_help="Send the directory's users to the cloud.")
+@_state_dir_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Read the directory and print what would be sent; send nothing (needs no registration).",
+)
+def sync(state_dir: Path | None, dry_run: bool) -> None:
+    """Send the directory's users to the cloud, so that they can sign in.
+
+    Reads every user under PTA_AGENT_LDAP_BASE_DN as the service account (sign-in name
+    from PTA_AGENT_LDAP_LOGIN_ATTRIBUTE, immutable id, display name; never a password)
+    and sends them to the CA over mutual TLS. Users deleted from the directory are
+    deleted in the cloud; a renamed user keeps its cloud identity. `pta-agent run` does
+    the same every PTA_AGENT_SYNC_INTERVAL_S seconds.
+
+    \b
+    Examples:
+      pta-agent sync --dry-run
+      pta-agent sync --state-dir /var/lib/pta-agent
+    """
+    settings = _settings(state_dir=state_dir)
+    _configure_logs(settings)
+    directory = _directory_settings(settings)
+    with _operational():
+        try:
+            source = UserSource(directory)
+            if dry_run:
+                report = _run(sync_once(source, None, dry_run=True))
+            else:
+                loaded = state.load(settings.state_dir)
+                loaded.ensure_valid(dt.datetime.now(dt.UTC))
+                report = _run(_sync(source, loaded, settings))
+        except DirectoryMisconfigured as exc:
+            raise AgentError(message=name_directory_setting(exc.detail)) from exc
+    _print_sync(report, directory)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -331,6 +426,49 @@ async def _daemon(settings: Settings) -> None:
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+async def _test_logon(
+    settings: LdapDirectorySettings, username: str, password: str
+) -> logon.LogonResult:
+    """Open the directory and validate once; a directory that cannot be opened is shown
+    as the verdict of its status (directory_unavailable, agent_error, ...)."""
+    started = time.perf_counter()
+    try:
+        directory = await LdapDirectory.open(settings)
+    except DirectoryError as exc:
+        detail = name_directory_setting(exc.detail) if exc.detail else str(exc)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return logon.LogonResult(username, Verdict(exc.status, detail), elapsed_ms)
+    async with directory:
+        return await logon.timed_logon(directory, username, password)
+
+
+async def _sync(source: UserSource, loaded: state.Registration, settings: Settings) -> SyncReport:
+    trust = f"the CA bundle this agent was registered with ({loaded.dir.ca_bundle})"
+    async with CaClient(
+        loaded.record.ca_url,
+        ssl_context=loaded.mutual_tls(),
+        trust=trust,
+        timeout_s=settings.http_timeout_s,
+    ) as ca:
+        return await sync_once(source, ca)
+
+
+def _print_sync(report: SyncReport, directory: LdapDirectorySettings) -> None:
+    source = report.source
+    skipped = describe_skips(source.skipped)
+    click.echo(
+        f"Read {len(source.users)} users from {directory.url} under {directory.base_dn} "
+        f"({source.entries} entries" + (f"; skipped {skipped})" if skipped else ")")
+    )
+    if report.dry_run:
+        click.echo("Dry run: nothing was sent to the cloud.")
+        return
+    click.echo(
+        f"Synced to the cloud in {report.batches} batches: {report.upserted} upserted, "
+        f"{report.deleted} deleted ({report.elapsed_ms / 1000:.1f} s)."
+    )
 
 
 async def _self_view(loaded: state.Registration, settings: Settings) -> AgentView:
@@ -362,14 +500,16 @@ def _login(device_code: bool, username: str | None, password_stdin: bool) -> Log
     return DeviceCodeLogin(show=_show_device_code)
 
 
-def _read_password() -> str:
+def _read_password(source: str = "--password-stdin") -> str:
+    """One password from standard input: prompted without echo on a terminal, else the
+    first line. ``source`` names the option or command in the usage error."""
     stream = sys.stdin
     if stream.isatty():
         password = getpass.getpass("Password: ")  # no echo; prompts on the terminal
     else:
         password = stream.readline().removesuffix("\n").removesuffix("\r")
     if not password:
-        raise click.UsageError("--password-stdin: standard input held no password.")
+        raise click.UsageError(f"{source}: standard input held no password.")
     return password
 
 
@@ -382,6 +522,14 @@ def _show_device_code(device: DeviceCode) -> None:
 def _settings(**overrides: Any) -> Settings:
     try:
         return load_settings(**overrides)
+    except SettingsInvalid as exc:
+        raise _BadSetting(str(exc)) from exc
+
+
+def _directory_settings(settings: Settings) -> LdapDirectorySettings:
+    """The checked directory settings, or exit 2 naming the variable to fix."""
+    try:
+        return settings.directory_settings()
     except SettingsInvalid as exc:
         raise _BadSetting(str(exc)) from exc
 

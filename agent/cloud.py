@@ -3,7 +3,7 @@
 ``CaClient`` takes the CA base URL and an SSL context: server-only TLS for the calls that
 carry an admin bearer token (``register``, ``delete_agent``), mutual TLS with the agent's
 certificate for the calls the agent makes as itself (``bootstrap``, ``heartbeat``,
-``self_view``). Which one a caller builds is up to it (``state.Registration``).
+``self_view``, ``sync_users``). Which one a caller builds is up to it (``state.Registration``).
 
 Answers are parsed into frozen models that ignore fields added later by the CA (the CA
 and the agents are upgraded at different times). Errors the CA reports as JSON
@@ -109,6 +109,20 @@ class AgentNotFound(AgentGone):
     code = "agent_not_found"
 
 
+class DomainNotVerified(CaError):
+    """The CA refused users whose domain is not a verified domain of this agent's tenant:
+    set PTA_AGENT_LDAP_DOMAIN to a domain the tenant has verified, or verify it first."""
+
+    code = "domain_not_verified"
+
+
+class SyncConflict(CaError):
+    """The CA refused a batch of a sync it had already finished or that another agent
+    started: run the sync again (each run has a fresh sync id)."""
+
+    code = "sync_conflict"
+
+
 class BrokerUnavailable(CaError):
     """The CA could not reach the message broker: the agent tries again; if this lasts,
     tell the operator of the cloud service."""
@@ -121,7 +135,8 @@ _BY_CODE: dict[str, type[CaError]] = {
     for cls in (
         InvalidRequest, CsrRefused, InvalidToken, InsufficientRole, TenantMismatch,
         AgentLimitReached, ClientCertificateRequired, CertificateRevoked,
-        CertificateSuperseded, AgentNotFound, BrokerUnavailable,
+        CertificateSuperseded, AgentNotFound, BrokerUnavailable, DomainNotVerified,
+        SyncConflict,
     )
 }  # fmt: skip
 
@@ -174,6 +189,15 @@ class AgentView(BaseModel):
     status: str
     last_heartbeat_at: AwareDatetime | None = None
     cert_not_after: AwareDatetime | None = None
+
+
+class SyncAnswer(BaseModel):
+    """``POST /agents/sync`` answer: rows written by this batch, rows deleted (final)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    upserted: int = Field(ge=0)
+    deleted: int = Field(ge=0)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -253,6 +277,22 @@ class CaClient:
         """``GET /agents/self`` over mutual TLS."""
         answer = await self._http.call("GET", "/agents/self", mutual=True)
         return _expect(answer, 200).parse(AgentView)
+
+    async def sync_users(
+        self, sync_id: str, users: list[dict[str, str]], *, final: bool
+    ) -> SyncAnswer:
+        """``POST /agents/sync`` over mutual TLS: one batch of a user sync (``agent.sync``).
+
+        Raises DomainNotVerified, SyncConflict, InvalidRequest and the other CaErrors,
+        https errors.
+        """
+        answer = await self._http.call(
+            "POST",
+            "/agents/sync",
+            json={"sync_id": sync_id, "users": users, "final": final},
+            mutual=True,
+        )
+        return _expect(answer, 200).parse(SyncAnswer)
 
     async def delete_agent(self, token: str, agent_id: str) -> None:
         """``DELETE /agents/{agent_id}`` with an admin bearer token (204).

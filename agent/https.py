@@ -13,12 +13,20 @@ Choices:
   environment (STYLE.md section 4); proxy support would be an explicit setting.
 - TLS verification failures name the bundle that was used, since the usual cause is a
   bundle that does not belong to the server (DESIGN.md: the agent pins its bundle).
+- No TLS transport outlives ``close``: pooled connections are aborted by the connector's
+  close, and on Pythons whose asyncio can leak a closing TLS transport (fixed by
+  python/cpython#118960 in 3.12.7) ``enable_cleanup_closed`` makes the connector track the
+  connections it closed itself (a request cancelled mid-flight, say) and abort them at
+  ``close`` too. Otherwise such a transport finishes its TLS shutdown after the event
+  loop has closed, and uvloop logs "Fatal error on SSL protocol ... unable to perform
+  operation on <TCPTransport closed=True>" when the daemon stops.
 """
 
 from __future__ import annotations
 
 import re
 import ssl
+import sys
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -37,6 +45,10 @@ _NAME_MISMATCH = {62, 63, 64}  # host name, e-mail, IP address mismatch
 _M = TypeVar("_M", bound=BaseModel)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_SHOWN_CHARS = 400
+# aiohttp's own test for the CPython TLS transport leak (it warns when asked needlessly).
+_NEEDS_CLEANUP_CLOSED = sys.version_info < (3, 12, 7) or (
+    (3, 13, 0) <= sys.version_info < (3, 13, 1)
+)
 
 
 class Unreachable(AgentError):
@@ -122,7 +134,9 @@ class HttpsClient:
         self.service = service
         self.timeout_s = timeout_s
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ssl_context),
+            connector=aiohttp.TCPConnector(
+                ssl=ssl_context, enable_cleanup_closed=_NEEDS_CLEANUP_CLOSED
+            ),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             headers={"User-Agent": f"pta-agent/{__version__}"},
             trust_env=False,
@@ -140,6 +154,8 @@ class HttpsClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the session; returns once its TLS connections are shut down or aborted
+        (see the module docstring), so the event loop may close right after."""
         await self._session.close()
 
     async def call(

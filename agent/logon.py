@@ -29,8 +29,8 @@ EXPLANATIONS: Final[dict[Status, tuple[str, str]]] = {
     ),
     Status.INVALID_CREDENTIALS: (
         "Wrong password, or no entry found for this username.",
-        "Check the password; check that exactly one entry under base_dn has this "
-        "username in login_attribute (and the user object class).",
+        "Check the password; check that exactly one entry under PTA_AGENT_LDAP_BASE_DN "
+        "has this username in PTA_AGENT_LDAP_LOGIN_ATTRIBUTE (and the user object class).",
     ),
     Status.PASSWORD_EXPIRED: (
         "The password is right but has expired.",
@@ -58,15 +58,17 @@ EXPLANATIONS: Final[dict[Status, tuple[str, str]]] = {
     ),
     Status.INVALID_USERNAME: (
         "The agent cannot use this username.",
-        "Use user@<the configured domain>; it must match one directory entry only.",
+        "Use user@<PTA_AGENT_LDAP_DOMAIN>; it must match one directory entry only.",
     ),
     Status.DIRECTORY_UNAVAILABLE: (
         "The agent could not reach the directory or its service account was refused.",
-        "Check url, bind_dn, bind_password and that this host can reach the server.",
+        "Check PTA_AGENT_LDAP_URL, PTA_AGENT_LDAP_BIND_DN, the bind password and that "
+        "this host can reach the server (PTA_AGENT_LDAP_CA_FILE for ldaps).",
     ),
     Status.DIRECTORY_TIMEOUT: (
         "The directory did not answer in time.",
-        "Check the directory server's load and the network; raise timeout_s if needed.",
+        "Check the directory server's load and the network; raise "
+        "PTA_AGENT_LDAP_TIMEOUT_S if needed.",
     ),
     Status.DECRYPT_FAILED: (
         "The agent could not decrypt a request.",

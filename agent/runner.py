@@ -1,27 +1,37 @@
-"""The agent daemon: ``run(settings, stop=...)`` until ``stop`` is set (DESIGN.md flows 2, 4).
+"""The agent daemon: ``run(settings, stop=...)`` until ``stop`` is set (DESIGN.md flows 2-4).
 
-Lifetime, all child tasks in one ``TaskGroup`` (STYLE.md section 6):
-1. load and check the state folder (``state.load``);
-2. bootstrap over mutual TLS (``POST /agents/bootstrap``) and open the broker link with
-   the returned credentials (``broker.open_link``: robust connection, one channel,
-   passive check of the tenant queue); transient failures (CA or broker unreachable, CA
-   5xx) are retried with capped, jittered backoff, so agents do not stampede a CA that
-   comes back;
-3. then, side by side: the heartbeat loop (``heartbeat.heartbeat_loop``) and the
-   credential refresh, which bootstraps again at ``REFRESH_AT_FRACTION`` (80 %) of the
-   access key's lifetime, opens a new link with the new key, swaps it in and closes the
-   old one (make before break, so a consumer can move without a gap);
-4. when ``stop`` is set the group is cancelled and the link is closed within
-   ``drain_timeout_s``.
+Lifetime, child tasks in one ``TaskGroup`` (STYLE.md section 6):
+1. load and check the state folder (``state.load``), the directory settings
+   (``settings.directory_settings()``) and the private key, once;
+2. open the directory (``LdapDirectory.open``: settings checked, service account bound,
+   ``base_dn`` read) before anything is consumed; an unreachable directory is retried
+   with backoff, a misconfigured one or a refused service account is fatal;
+3. bootstrap over mutual TLS (``POST /agents/bootstrap``) and open the broker link with
+   the returned credentials (``broker.open_link``: robust connection, one channel with
+   ``prefetch``, passive checks of the tenant queue and the reply exchange); transient
+   failures (CA or broker unreachable, CA 5xx) are retried with capped, jittered backoff,
+   so agents do not stampede a CA that comes back;
+4. build one ``SignInHandler`` for the process lifetime (its replay cache must survive
+   credential refreshes) and consume the tenant queue with manual ack;
+5. side by side: the heartbeat loop (``heartbeat.heartbeat_loop``; ``detail`` carries the
+   handler's counts since start), the credential refresh, and the user sync
+   (``agent.sync``, first ``FIRST_SYNC_DELAY_S`` after start, then every
+   ``sync_interval_s``; 0 turns it off). The refresh bootstraps again at
+   ``REFRESH_AT_FRACTION`` (80 %) of the access key's lifetime, opens a new link,
+   consumes on it with the same handler, then cancels the old consumer, lets its
+   in-flight requests finish (``drain_timeout_s``) and closes the old link (make before
+   break: no gap in consumption);
+6. when ``stop`` is set the group is cancelled; then the consumer is cancelled, in-flight
+   requests drain for up to ``drain_timeout_s``, the link closes, the CA session closes
+   (waiting for its TLS connections to shut down, see ``_close_quietly``), and the
+   directory closes last.
 
-Fatal, so ``run`` raises them and the process exits 1: a broken state folder, the cloud
-no longer accepting the agent (revoked, superseded, unknown, client certificate refused),
-an untrusted server, a bootstrap answer for another agent or tenant. Everything else is
-logged and retried.
-
-Sign-in requests are not consumed yet: the consumer arrives with the sign-in issue, as a
-``broker.MessageHandler`` that ``_serve`` starts on ``link.queue`` (and moves to the new
-link at each refresh). Until then the agent is connected and reports heartbeats only.
+Fatal, so ``run`` raises them and the process exits 1: a broken state folder, bad
+directory settings (``SettingsInvalid``, ``DirectoryMisconfigured``,
+``ServiceAccountRefused``), the cloud no longer accepting the agent (revoked, superseded,
+unknown, client certificate refused), an untrusted server, a bootstrap answer for another
+agent or tenant. Everything else is logged and retried; a failed sync only waits for the
+next one.
 """
 
 from __future__ import annotations
@@ -30,9 +40,12 @@ import asyncio
 import datetime as dt
 import secrets
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, Final
 
 import structlog
+from aio_pika.abc import AbstractIncomingMessage
 
 from agent import state
 from agent.broker import (
@@ -42,11 +55,17 @@ from agent.broker import (
     QueueUnavailable,
     open_link,
 )
-from agent.cloud import BrokerGrant, CaClient, is_transient
+from agent.cloud import AgentGone, BrokerGrant, CaClient, ClientCertificateRequired, is_transient
+from agent.consumer import SignInHandler
+from agent.directory import Directory, DirectoryError, DirectoryMisconfigured
 from agent.errors import AgentError
 from agent.heartbeat import Health, HeartbeatStatus, heartbeat_loop
+from agent.https import ClientCertificateRefused
+from agent.ldap_directory import LdapDirectory, LdapDirectorySettings, ServiceAccountRefused
 from agent.settings import Settings
+from agent.sync import UserSource, sync_once
 from common.contracts import tenant_queue
+from common.wire import MAX_DETAIL_CHARS
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +73,13 @@ REFRESH_AT_FRACTION = 0.8
 MIN_REFRESH_DELAY_S = 5.0  # an almost expired grant must not make the agent spin on the CA
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+FIRST_SYNC_DELAY_S = 10.0  # soon after start, once the broker link is up
+SYNC_RETRY_MAX_S = 300.0  # after a failed sync, try again sooner than the full interval
+# Heartbeat details are capped by the CA (256 characters).
+_DETAIL_CHARS: Final = min(MAX_DETAIL_CHARS, 256)
 
 _RETRYABLE = (BrokerUnreachable, BrokerCredentialsRefused, QueueUnavailable)
+_FATAL_CLOUD = (AgentGone, ClientCertificateRefused, ClientCertificateRequired)
 _jitter = secrets.SystemRandom()
 
 
@@ -68,51 +92,176 @@ class _StopRequested(Exception):
     """Raised inside the task group to cancel it when ``stop`` is set."""
 
 
+async def open_directory(settings: LdapDirectorySettings) -> Directory:
+    """The directory the handler validates against (a seam for tests)."""
+    return await LdapDirectory.open(settings)
+
+
+class _Consumer:
+    """The handler consuming one link's queue, counting its in-flight messages."""
+
+    def __init__(self, link: BrokerLink, handler: SignInHandler) -> None:
+        self.link = link
+        self.handler = handler
+        self.tag: str | None = None
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            await self.handler(message)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+    async def start(self) -> None:
+        """Consume with manual ack: the handler acks after replying (at most once)."""
+        self.tag = await self.link.queue.consume(self, no_ack=False)
+        log.info("consuming", queue=self.link.grant.queue)
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Cancel the consumer, then wait up to ``drain_timeout_s`` for in-flight requests;
+        what is still running then is dropped with the link (DESIGN.md flow 3: the STS
+        answers the user at the deadline)."""
+        if self.tag is not None:
+            tag, self.tag = self.tag, None
+            try:
+                async with asyncio.timeout(drain_timeout_s):
+                    await self.link.queue.cancel(tag)
+            except Exception as exc:  # channel closed or broker gone: nothing to cancel
+                log.info("consumer_cancel_failed", error=type(exc).__name__)
+        try:
+            async with asyncio.timeout(drain_timeout_s):
+                await self.idle.wait()
+        except TimeoutError:
+            log.warning("drain_timed_out", in_flight=self.in_flight, timeout_s=drain_timeout_s)
+
+
 @dataclass(slots=True)
 class _Current:
-    """The link in use; replaced at each credential refresh."""
+    """The link and consumer in use (replaced at each credential refresh), the one
+    handler, and the last sync's outcome for the heartbeat."""
 
     link: BrokerLink | None = None
+    consumer: _Consumer | None = None
+    handler: SignInHandler | None = None
     received_at: float = field(default_factory=time.time)
+    last_sync: str = ""
+    # Links being retired by a refresh; closed by _halt if a stop interrupts the refresh.
+    retiring: list[tuple[_Consumer | None, BrokerLink]] = field(default_factory=list)
 
     def health(self) -> Health:
+        detail = self.detail()
         if self.link is not None and self.link.is_connected:
-            return Health(HeartbeatStatus.HEALTHY)
-        return Health(HeartbeatStatus.DEGRADED, "broker connection lost, reconnecting")
+            return Health(HeartbeatStatus.HEALTHY, detail)
+        lost = "broker connection lost, reconnecting"
+        return Health(HeartbeatStatus.DEGRADED, f"{lost}; {detail}"[:_DETAIL_CHARS])
+
+    def detail(self) -> str:
+        """``"replies success=12 invalid_credentials=3; in_flight=1; sync ok 1006 users"``."""
+        parts = []
+        if self.handler is not None:
+            counts = " ".join(f"{k}={v}" for k, v in sorted(self.handler.counts.items()))
+            parts.append(f"replies {counts}" if counts else "replies none")
+        if self.consumer is not None and self.consumer.in_flight:
+            parts.append(f"in_flight={self.consumer.in_flight}")
+        if self.last_sync:
+            parts.append(f"sync {self.last_sync}")
+        return "; ".join(parts)[:_DETAIL_CHARS]
 
 
 async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     """Run the agent until ``stop`` is set.
 
-    Raises StateError (CertificateExpired among them), AgentGone,
-    ClientCertificateRefused, ServerNotTrusted, GrantMismatch, and other non-transient
-    AgentErrors (see the module docstring).
+    Raises StateError (CertificateExpired among them), SettingsInvalid,
+    DirectoryMisconfigured, ServiceAccountRefused, AgentGone, ClientCertificateRefused,
+    ServerNotTrusted, GrantMismatch, and other non-transient AgentErrors (see the module
+    docstring).
     """
     registration = state.load(settings.state_dir)
     registration.ensure_valid(dt.datetime.now(dt.UTC))
+    directory_settings = settings.directory_settings()
     record = registration.record
-    trust = f"the CA bundle this agent was registered with ({registration.dir.ca_bundle})"
-    current = _Current()
     with structlog.contextvars.bound_contextvars(
         agent_id=record.agent_id, tenant_id=record.tenant_id
     ):
         log.info("agent_starting", ca_url=record.ca_url, kid=registration.kid)
-        async with CaClient(
-            record.ca_url,
-            ssl_context=registration.mutual_tls(),
-            trust=trust,
-            timeout_s=settings.http_timeout_s,
-        ) as ca:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(_raise_when_set(stop), name="stop")
-                    group.create_task(_serve(ca, registration, settings, current), name="serve")
-            except BaseExceptionGroup as errors:
-                _reraise(errors)
-            finally:
-                if current.link is not None:
-                    await current.link.close(settings.drain_timeout_s)
+        directory = await _open_directory(directory_settings, stop)
+        if directory is None:  # stopped while waiting for the directory
+            log.info("agent_stopped")
+            return
+        try:
+            await _run_connected(settings, registration, directory, directory_settings, stop)
+        finally:
+            await directory.aclose()  # last: in-flight requests may still have used it
         log.info("agent_stopped")
+
+
+async def _run_connected(
+    settings: Settings,
+    registration: state.Registration,
+    directory: Directory,
+    directory_settings: LdapDirectorySettings,
+    stop: asyncio.Event,
+) -> None:
+    record = registration.record
+    trust = f"the CA bundle this agent was registered with ({registration.dir.ca_bundle})"
+    current = _Current()
+    ca = CaClient(
+        record.ca_url,
+        ssl_context=registration.mutual_tls(),
+        trust=trust,
+        timeout_s=settings.http_timeout_s,
+    )
+    handler = SignInHandler(
+        agent_id=record.agent_id,
+        tenant_id=record.tenant_id,
+        kid=registration.kid,
+        private_key=registration.private_key(),
+        directory=directory,
+        exchange=_NotConnected(),
+    )
+    current.handler = handler
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(_raise_when_set(stop), name="stop")
+            group.create_task(_serve(ca, registration, settings, current), name="serve")
+            if settings.sync_interval_s > 0:
+                source = UserSource(directory_settings)
+                group.create_task(
+                    _sync_loop(ca, source, settings.sync_interval_s, current), name="sync"
+                )
+    except BaseExceptionGroup as errors:
+        _reraise(errors)
+    finally:
+        await _halt(current, settings)
+        await _close_quietly(ca.close, settings.drain_timeout_s, "ca_session")
+
+
+async def _open_directory(settings: LdapDirectorySettings, stop: asyncio.Event) -> Directory | None:
+    """Open the directory, retrying while it is unreachable; None when ``stop`` is set
+    first. A misconfiguration or a refused service account is raised: only the operator
+    can fix it."""
+    attempt = 0
+    while True:
+        try:
+            return await open_directory(settings)
+        except (DirectoryMisconfigured, ServiceAccountRefused):
+            raise
+        except DirectoryError as exc:
+            delay = retry_delay(attempt)
+            attempt += 1
+            log.warning("directory_open_failed", error=str(exc), attempt=attempt, retry_in_s=delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+                return None
+            except TimeoutError:
+                continue
 
 
 def refresh_delay(*, received_at: float, expires_at: float, now: float) -> float:
@@ -132,14 +281,20 @@ def retry_delay(attempt: int) -> float:
 async def _serve(
     ca: CaClient, registration: state.Registration, settings: Settings, current: _Current
 ) -> None:
+    assert current.handler is not None
     current.received_at = time.time()
-    current.link = await _connect(ca, registration, settings)
+    link = await _connect(ca, registration, settings)
+    current.link = link
+    current.handler.exchange = link.exchange
+    consumer = _Consumer(link, current.handler)
+    current.consumer = consumer
+    await consumer.start()
     async with asyncio.TaskGroup() as group:
         group.create_task(
             heartbeat_loop(
                 ca,
                 health=current.health,
-                interval_s=current.link.grant.heartbeat_interval_s,
+                interval_s=link.grant.heartbeat_interval_s,
                 fixed_interval_s=settings.heartbeat_interval_s,
             ),
             name="heartbeat",
@@ -181,9 +336,9 @@ async def _connect(
 async def _refresh(
     ca: CaClient, registration: state.Registration, settings: Settings, current: _Current
 ) -> None:
-    """Bootstrap again before the access key expires and move to a new link."""
+    """Bootstrap again before the access key expires and move the consumer to a new link."""
     while True:
-        assert current.link is not None  # set by _serve before this task starts
+        assert current.link is not None and current.handler is not None  # set by _serve
         delay = refresh_delay(
             received_at=current.received_at,
             expires_at=current.link.grant.expires_at.timestamp(),
@@ -192,13 +347,81 @@ async def _refresh(
         await asyncio.sleep(delay)
         received_at = time.time()
         new = await _connect(ca, registration, settings)
-        old, current.link, current.received_at = current.link, new, received_at
+        consumer = _Consumer(new, current.handler)
+        try:
+            await consumer.start()
+        except BaseException:
+            await new.close(settings.drain_timeout_s)  # bounded, never raises
+            raise
+        old_link, old_consumer = current.link, current.consumer
+        current.link, current.consumer, current.received_at = new, consumer, received_at
+        current.handler.exchange = new.exchange  # in-flight requests reply on the new channel
         log.info(
             "broker_credentials_rotated",
             expires_at=new.grant.expires_at.isoformat(),
-            previous_expired_at=old.grant.expires_at.isoformat(),
+            previous_expired_at=old_link.grant.expires_at.isoformat(),
         )
-        await old.close(settings.drain_timeout_s)
+        retired = (old_consumer, old_link)
+        current.retiring.append(retired)
+        if old_consumer is not None:
+            await old_consumer.stop(settings.drain_timeout_s)
+        await old_link.close(settings.drain_timeout_s)
+        current.retiring.remove(retired)
+
+
+async def _sync_loop(
+    ca: CaClient, source: UserSource, interval_s: float, current: _Current
+) -> None:
+    """Sync the directory's users to the cloud, soon after start and then periodically.
+
+    A failed sync is logged and tried again after at most ``SYNC_RETRY_MAX_S``; only the
+    cloud refusing this agent ends the loop (with that error, as the heartbeat does).
+    """
+    delay = min(interval_s, FIRST_SYNC_DELAY_S) * _jitter.uniform(0.5, 1.0)
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            report = await sync_once(source, ca)
+        except _FATAL_CLOUD:
+            raise
+        except AgentError as exc:
+            log.warning("users_sync_failed", error=str(exc), kind=type(exc).__name__)
+            current.last_sync = f"failed at {_clock()}: {type(exc).__name__}"
+            delay = min(interval_s, SYNC_RETRY_MAX_S)
+            continue
+        current.last_sync = f"ok at {_clock()}: {len(report.source.users)} users"
+        delay = interval_s
+
+
+async def _halt(current: _Current, settings: Settings) -> None:
+    """Stop consuming, drain in-flight requests, close the links (STYLE.md section 6)."""
+    pairs = [(current.consumer, current.link), *current.retiring]
+    current.retiring.clear()
+    for consumer, _ in pairs:
+        if consumer is not None:
+            await consumer.stop(settings.drain_timeout_s)
+    for _, link in pairs:
+        if link is not None:
+            await link.close(settings.drain_timeout_s)
+
+
+async def _close_quietly(
+    close: Callable[[], Coroutine[Any, Any, None]], timeout_s: float | None, what: str
+) -> None:
+    """Await ``close`` (bounded), logging instead of raising: shutdown goes on.
+
+    For the CA session this is what keeps a clean stop free of "Fatal error on SSL
+    protocol" tracebacks: aiohttp's ``close`` waits until each TLS connection has shut
+    down, so no transport outlives the event loop (uvloop reports a TLS close_notify
+    written after the loop closed its transport as a fatal error).
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await close()
+    except TimeoutError:
+        log.warning("close_timed_out", what=what, timeout_s=timeout_s)
+    except (AgentError, OSError) as exc:
+        log.info("close_failed", what=what, error=type(exc).__name__)
 
 
 def _check_grant(grant: BrokerGrant, registration: state.Registration) -> None:
@@ -214,6 +437,17 @@ def _check_grant(grant: BrokerGrant, registration: state.Registration) -> None:
             f"The credentials expired at {grant.expires_at.isoformat()} already; if that "
             "is not so, this host's clock is wrong: fix it (NTP)."
         )
+
+
+class _NotConnected:
+    """The handler's exchange until the first link is up (no message arrives before)."""
+
+    async def publish(self, message: object, routing_key: str) -> object:
+        raise BrokerUnreachable("(no broker link yet)")
+
+
+def _clock() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%H:%MZ")
 
 
 async def _raise_when_set(stop: asyncio.Event) -> None:

@@ -24,7 +24,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from ca import bootstrap, registration, revocation
+from ca import bootstrap, registration, revocation, sync
 from ca.admin_tokens import AdminTokenVerifier, JwksKeySource, KeySource
 from ca.authority import load_authority
 from ca.bodies import MAX_BODY_BYTES, Configuration, ErrorAnswer, json_response
@@ -77,6 +77,7 @@ def create_app(
     app.router.add_post("/agents/bootstrap", bootstrap.bootstrap)
     app.router.add_post("/agents/heartbeat", bootstrap.heartbeat)
     app.router.add_get("/agents/self", bootstrap.agent_self)
+    app.router.add_post("/agents/sync", sync.sync_users)
     app.router.add_get("/agents", bootstrap.list_agents)
     app.router.add_delete("/agents/{agent_id}", revocation.delete_agent)
     return app

@@ -147,3 +147,53 @@ def is_canonical_uuid(value: str) -> bool:
         return str(uuid.UUID(value)) == value
     except (ValueError, TypeError, AttributeError):
         return False
+
+
+# -- POST /agents/sync (ca.sync) -------------------------------------------------------------
+
+MAX_SYNC_BATCH_USERS: Final = 1000
+MAX_SYNC_BODY_BYTES: Final = 1024 * 1024
+"""A sync batch may be larger than ``MAX_BODY_BYTES``: 1,000 users of up to 256 + 128 +
+256 characters. ``ca.sync`` reads it with this limit itself."""
+
+SyncUsername = Annotated[str, msgspec.Meta(min_length=3, max_length=256)]
+ImmutableId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+DisplayName = Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class SyncUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One directory user: sign-in name, the directory's immutable id, display name."""
+
+    username: SyncUsername
+    immutable_id: ImmutableId
+    display_name: DisplayName = ""
+
+
+class SyncRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /agents/sync``: one batch of a sync run; ``final`` ends the run."""
+
+    sync_id: str
+    users: Annotated[list[SyncUser], msgspec.Meta(max_length=MAX_SYNC_BATCH_USERS)]
+    final: bool
+
+
+class SyncAnswer(msgspec.Struct, frozen=True):
+    upserted: int
+    deleted: int
+
+
+def decode_sync(body: bytes) -> SyncRequest:
+    """Parse a sync batch; raises InvalidRequest naming the problem (never a value).
+
+    Shape only: ``ca.sync.check_batch`` checks the values (lowercase, ``local@domain``,
+    printable, no duplicates).
+    """
+    try:
+        request = msgspec.json.decode(body, type=SyncRequest)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(f"Invalid request body: {exc}.") from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest("The request body is not a JSON object.") from exc
+    if not is_canonical_uuid(request.sync_id):
+        raise InvalidRequest("Invalid request body: `sync_id` must be a lowercase hyphenated UUID.")
+    return request

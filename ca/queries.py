@@ -207,3 +207,150 @@ async def revoked_serials(conn: asyncpg.Connection, issuer: str) -> list[tuple[s
         "SELECT serial, revoked_at FROM revocations WHERE issuer = $1 ORDER BY serial", issuer
     )
     return [(row["serial"], row["revoked_at"]) for row in rows]
+
+
+# -- users synced from the directory (ca.sync; tables from 004_users.sql, 007_user_sync.sql)
+
+
+@dataclass(frozen=True, slots=True)
+class UserSync:
+    """One sync run (``user_syncs``) as the batch handler needs it."""
+
+    started_at: dt.datetime
+    is_finished: bool
+
+
+async def lock_tenant_users(conn: asyncpg.Connection, tenant_id: str) -> None:
+    """Serialize the sync batches of one tenant until the transaction ends (any replica):
+    two agents syncing at once then never race on the unique usernames."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('pta-ca-users:' || $1::text, 0))",
+        tenant_id,
+    )
+
+
+async def verified_domains(conn: asyncpg.Connection, tenant_id: str) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT name FROM domains WHERE tenant_id = $1 AND is_verified", tenant_id
+    )
+    return {row["name"] for row in rows}
+
+
+async def open_user_sync(
+    conn: asyncpg.Connection, sync_id: str, tenant_id: str, agent_id: str
+) -> UserSync | None:
+    """The run ``sync_id`` of this agent, recorded now (database clock) at its first batch.
+
+    None when the id belongs to another agent or tenant (the caller refuses the batch).
+    """
+    row = await conn.fetchrow(
+        """INSERT INTO user_syncs (sync_id, tenant_id, agent_id, started_at)
+           VALUES ($1, $2, $3, now())
+           ON CONFLICT (sync_id) DO NOTHING
+           RETURNING started_at, finished_at""",
+        sync_id,
+        tenant_id,
+        agent_id,
+    )
+    if row is None:
+        row = await conn.fetchrow(
+            """SELECT started_at, finished_at FROM user_syncs
+               WHERE sync_id = $1 AND tenant_id = $2 AND agent_id = $3""",
+            sync_id,
+            tenant_id,
+            agent_id,
+        )
+    if row is None:
+        return None
+    return UserSync(started_at=row["started_at"], is_finished=row["finished_at"] is not None)
+
+
+async def upsert_users(
+    conn: asyncpg.Connection,
+    *,
+    tenant_id: str,
+    agent_id: str,
+    sync_id: str,
+    ids: list[str],
+    usernames: list[str],
+    immutable_ids: list[str],
+    display_names: list[str],
+) -> tuple[int, int]:
+    """Write one batch; returns (created, updated).
+
+    A user is its ``(tenant_id, immutable_id)``: an existing one keeps its ``id`` (the
+    oid) and takes the new username and display name (a rename); a new one gets the
+    ``id`` given for it. Another row holding a username of the batch under a different
+    immutable id is first moved aside to ``<its id>@displaced.invalid`` (RFC 2606: never a
+    real domain), so swaps and re-created users never collide on the unique username;
+    such a row is renamed later in the run or deleted when the run ends.
+    """
+    await conn.execute(
+        """UPDATE users AS u SET username = u.id::text || '@displaced.invalid'
+           FROM unnest($2::text[], $3::text[]) AS b(username, immutable_id)
+           WHERE u.tenant_id = $1 AND u.username = b.username
+             AND u.immutable_id <> b.immutable_id""",
+        tenant_id,
+        usernames,
+        immutable_ids,
+    )
+    rows = await conn.fetch(
+        """INSERT INTO users AS u (id, tenant_id, username, immutable_id, display_name,
+                                   synced_by, synced_at, last_sync_id)
+           SELECT b.id, $1, b.username, b.immutable_id, b.display_name, $2, now(), $3
+           FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[])
+                AS b(id, username, immutable_id, display_name)
+           ON CONFLICT (tenant_id, immutable_id) DO UPDATE
+           SET username = EXCLUDED.username, display_name = EXCLUDED.display_name,
+               synced_by = EXCLUDED.synced_by, synced_at = EXCLUDED.synced_at,
+               last_sync_id = EXCLUDED.last_sync_id
+           RETURNING (xmax = 0) AS created""",
+        tenant_id,
+        agent_id,
+        sync_id,
+        ids,
+        usernames,
+        immutable_ids,
+        display_names,
+    )
+    created = sum(1 for row in rows if row["created"])
+    await conn.execute(
+        "UPDATE user_syncs SET upserted = upserted + $3 WHERE sync_id = $1 AND tenant_id = $2",
+        sync_id,
+        tenant_id,
+        len(rows),
+    )
+    return created, len(rows) - created
+
+
+async def finish_user_sync(
+    conn: asyncpg.Connection, *, tenant_id: str, sync_id: str, started_at: dt.datetime
+) -> int:
+    """End a run: delete the tenant's users it did not send; returns how many.
+
+    Only rows last written before the run started are candidates, so a run never deletes
+    what another agent's concurrent run wrote meanwhile. Runs older than a week that never
+    finished (an agent stopped mid-sync) are forgotten here too.
+    """
+    deleted = await conn.fetch(
+        """DELETE FROM users
+           WHERE tenant_id = $1 AND last_sync_id IS DISTINCT FROM $2 AND synced_at < $3
+           RETURNING id""",
+        tenant_id,
+        sync_id,
+        started_at,
+    )
+    await conn.execute(
+        """UPDATE user_syncs SET finished_at = now(), deleted = $3
+           WHERE sync_id = $1 AND tenant_id = $2""",
+        sync_id,
+        tenant_id,
+        len(deleted),
+    )
+    await conn.execute(
+        """DELETE FROM user_syncs
+           WHERE tenant_id = $1 AND finished_at IS NULL
+             AND started_at < now() - interval '7 days'""",
+        tenant_id,
+    )
+    return len(deleted)

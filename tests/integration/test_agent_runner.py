@@ -1,9 +1,12 @@
-"""The agent daemon (agent.runner) against the test stack's real RabbitMQ.
+"""The agent daemon (agent.runner) against the test stack's real RabbitMQ and slapd.
 
-The CA is the in-process stand-in of test_agent_clients.py, over mutual TLS; its
-bootstrap does what DESIGN.md flow 2 says the CA does: create or rotate the agent's
+First half: the CA is the in-process stand-in of test_agent_clients.py, over mutual TLS;
+its bootstrap does what DESIGN.md flow 2 says the CA does: create or rotate the agent's
 broker user through the management API with a fresh access key and permissions that reach
 only its tenant (configure ``^$``, write ``^pta\\.replies$``, read the tenant queue).
+
+Second half ("the real cloud"): an agent registered through the stack's real STS and CA
+in a throwaway tenant answers sealed sign-in requests (see the isolation note there).
 """
 
 from __future__ import annotations
@@ -12,26 +15,46 @@ import asyncio
 import base64
 import io
 import logging
+import os
 import re
 import secrets
+import shutil
+import signal
+import sys
+import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aio_pika
+import aio_pika.abc
 import aiohttp
+import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
 import structlog
+from argon2 import PasswordHasher
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from agent import runner
+from agent import __version__, registration, runner, state
 from agent.cloud import CertificateRevoked
 from agent.settings import load_settings
-from common import logs
-from common.contracts import TENANT_QUEUE_ARGUMENTS, TENANT_QUEUE_DURABLE, tenant_queue
+from agent.signin import PasswordLogin
+from common import logs, pki
+from common.contracts import (
+    ADMIN_ROLE,
+    REPLY_EXCHANGE,
+    TENANT_QUEUE_ARGUMENTS,
+    TENANT_QUEUE_DURABLE,
+    tenant_queue,
+)
+from common.envelope import kid_for, new_reply_key, seal, verify_reply
+from common.wire import Reply, Status, decode_reply, request_message
 from infra.rabbitmq import VHOST
 from infra.stack import Stack
 from tests.integration.test_agent_clients import (
@@ -151,8 +174,22 @@ def events_in(buffer: io.StringIO) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
 
 
+def directory_overrides(stack: Stack, tenant_index: int = 0) -> dict[str, Any]:
+    """Settings of the stack's directory for one demo tenant; no periodic sync (the
+    tenants of these tests have no verified domain in the stack's cloud)."""
+    tenant = stack.demo.tenants[tenant_index]
+    return {
+        "ldap_url": stack.ldap_url,
+        "ldap_bind_dn": tenant.service_dn,
+        "ldap_bind_password": tenant.service_password,
+        "ldap_base_dn": tenant.people_dn,
+        "ldap_domain": tenant.domain,
+        "sync_interval_s": 0,
+    }
+
+
 async def _started(
-    cloud: FakeCloud, tmp_path: Path, log_output: io.StringIO, **settings: Any
+    cloud: FakeCloud, tmp_path: Path, log_output: io.StringIO, stack: Stack, **settings: Any
 ) -> tuple[asyncio.Task[None], asyncio.Event, Agent]:
     loaded = await registered(cloud, tmp_path / "state")
     # As `pta-agent run` does; `register` (run by the CLI) configured logging for itself.
@@ -163,7 +200,10 @@ async def _started(
     )
     stop = asyncio.Event()
     task = asyncio.create_task(
-        runner.run(load_settings(state_dir=tmp_path / "state", **settings), stop=stop)
+        runner.run(
+            load_settings(state_dir=tmp_path / "state", **directory_overrides(stack), **settings),
+            stop=stop,
+        )
     )
     return task, stop, cloud.agents[loaded.record.agent_id]
 
@@ -177,7 +217,7 @@ async def test_run_connects_with_bootstrap_credentials_and_stops_on_request(
         return await broker.grant(agent, lifetime_s=3600)
 
     cloud.grant_factory = grant
-    task, stop, agent = await _started(cloud, tmp_path, log_output)
+    task, stop, agent = await _started(cloud, tmp_path, log_output, broker.stack)
     async with asyncio.timeout(30):
         await cloud.heartbeat_seen.wait()
     assert agent.heartbeats[0]["status"] == "healthy"
@@ -212,7 +252,7 @@ async def test_missing_queue_is_retried_until_the_cloud_declares_it(
         return await broker.grant(agent, lifetime_s=3600)
 
     cloud.grant_factory = grant
-    task, stop, agent = await _started(cloud, tmp_path, log_output)
+    task, stop, agent = await _started(cloud, tmp_path, log_output, broker.stack)
     async with asyncio.timeout(30):
         await cloud.heartbeat_seen.wait()
     assert bootstraps == 3 and agent.heartbeats[0]["status"] == "healthy"
@@ -245,7 +285,9 @@ async def test_credentials_are_rotated_and_the_link_replaced(
         return answer
 
     cloud.grant_factory = grant
-    task, stop, agent = await _started(cloud, tmp_path, log_output, heartbeat_interval_s=0.2)
+    task, stop, agent = await _started(
+        cloud, tmp_path, log_output, broker.stack, heartbeat_interval_s=0.2
+    )
     async with asyncio.timeout(30):
         await rotated.wait()
     before = len(agent.heartbeats)
@@ -277,9 +319,255 @@ async def test_agent_deleted_in_the_cloud_stops_the_run(
         return await broker.grant(agent, lifetime_s=3600)
 
     cloud.grant_factory = grant
-    task, _stop, agent = await _started(cloud, tmp_path, log_output, heartbeat_interval_s=0.2)
+    task, _stop, agent = await _started(
+        cloud, tmp_path, log_output, broker.stack, heartbeat_interval_s=0.2
+    )
     async with asyncio.timeout(30):
         await cloud.heartbeat_seen.wait()
     agent.deleted = True
     with pytest.raises(CertificateRevoked):
         await asyncio.wait_for(task, 15)
+
+
+# --------------------------------------------------------------------------- the real cloud
+#
+# Isolation: the stack's own agents consume the contoso and fabrikam queues, so a request
+# published there could be taken by any of them. These tests register a NEW agent, through
+# the real STS (password grant of a tenant admin) and the real CA, in a throwaway tenant
+# made for this module (tenant, verified domain and admin rows inserted here). The STS
+# never dispatches to that tenant, its queue has no other consumer, and nothing of the
+# demo tenants changes. At the end the agent is deleted through the CA (DELETE
+# /agents/{id}: certificate revoked, broker user deleted), its queue is deleted and the
+# tenant row goes (cascading to its domain, admin, users and sync runs). The agent
+# validates against contoso's directory subtree: the directory settings are local to the
+# agent, the tenant only decides which queue it consumes.
+
+
+@dataclass(frozen=True, slots=True)
+class Throwaway:
+    tenant_id: str
+    domain: str
+    admin: PasswordLogin = field(repr=False)
+    state_dir: Path
+    registration: state.Registration
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def throwaway(stack: Stack) -> AsyncIterator[Throwaway]:
+    tenant_id = str(uuid.uuid4())
+    domain = f"t{uuid.uuid4().hex[:12]}.test"
+    admin = PasswordLogin(username=f"admin@{domain}", password=secrets.token_urlsafe(18))
+    state_dir = Path(tempfile.mkdtemp(prefix="pta-throwaway-")) / "agent"
+    conn = await asyncpg.connect(stack.postgres_dsn)
+    registration_: state.Registration | None = None
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO tenants (id, name) VALUES ($1, $2)", uuid.UUID(tenant_id), domain
+            )
+            await conn.execute(
+                "INSERT INTO domains (name, tenant_id, is_verified) VALUES ($1, $2, true)",
+                domain,
+                uuid.UUID(tenant_id),
+            )
+            await conn.execute(
+                """INSERT INTO admins (id, tenant_id, username, password_hash, roles)
+                   VALUES ($1, $2, $3, $4, $5)""",
+                uuid.uuid4(),
+                uuid.UUID(tenant_id),
+                admin.username,
+                PasswordHasher().hash(admin.password),
+                [ADMIN_ROLE],
+            )
+        registration_ = await registration.register(
+            state_dir=state_dir,
+            ca_url=stack.services.ca_url,
+            ca_bundle=stack.pki.service_ca_cert,
+            tenant=tenant_id,
+            host="pytest-throwaway",
+            version=__version__,
+            login=admin,
+            force=False,
+            timeout_s=30,
+        )
+        yield Throwaway(tenant_id, domain, admin, state_dir, registration_)
+    finally:
+        if registration_ is not None:
+            await registration.unregister(
+                state.load(state_dir), login=admin, timeout_s=30
+            )  # DELETE /agents/{id}
+        cleanup = Broker(stack)
+        cleanup.queues.append(tenant_queue(tenant_id))
+        await cleanup.cleanup()
+        await conn.execute("DELETE FROM tenants WHERE id = $1", uuid.UUID(tenant_id))
+        await conn.close()
+        shutil.rmtree(state_dir.parent, ignore_errors=True)
+
+
+class Requester:
+    """The STS side of DESIGN.md flow 3, by hand: seal, publish, await the reply."""
+
+    def __init__(self, connection: aio_pika.abc.AbstractConnection, target: Throwaway):
+        self.connection = connection
+        self.target = target
+        cert = pki.load_certificates_pem(target.registration.dir.certificate.read_bytes())[0]
+        public_key = cert.public_key()
+        assert isinstance(public_key, RSAPublicKey)
+        self.public_key = public_key
+        self.kid = kid_for(public_key)
+        assert self.kid == target.registration.kid
+
+    async def ask(
+        self, username: str, password: str, *, timeout_s: float = 15
+    ) -> tuple[Reply, bytes, aio_pika.abc.AbstractIncomingMessage]:
+        channel = await self.connection.channel()
+        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await replies.bind(REPLY_EXCHANGE, routing_key=replies.name)
+        reply_key = new_reply_key()
+        now = time.time()
+        envelope = seal(
+            password=password,
+            reply_key=reply_key,
+            recipients=[(self.kid, self.public_key)],
+            request_id=str(uuid.uuid4()),
+            tenant_id=self.target.tenant_id,
+            username=username,
+            issued_at=now,
+            expires_at=now + 10,
+        )
+        message = request_message(
+            envelope, reply_to=replies.name, correlation_id=envelope.request_id, expiration_s=10
+        )
+        await channel.default_exchange.publish(
+            message, routing_key=tenant_queue(self.target.tenant_id)
+        )
+        async with asyncio.timeout(timeout_s), replies.iterator() as stream:
+            async for incoming in stream:
+                await incoming.ack()
+                reply = decode_reply(incoming.body)
+                assert reply.request_id == envelope.request_id
+                await channel.close()
+                return reply, reply_key, incoming
+        raise AssertionError("the reply queue closed")  # pragma: no cover
+
+
+async def _consumers(stack: Stack, tenant_id: str) -> int:
+    connection = await aio_pika.connect(stack.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(tenant_queue(tenant_id), passive=True)
+        return int(queue.declaration_result.consumer_count or 0)
+
+
+async def _until_consumed(stack: Stack, tenant_id: str, *, count: int = 1) -> None:
+    async with asyncio.timeout(30):
+        # The broker's consumer count is remote state without an event to await: poll it.
+        while await _consumers(stack, tenant_id) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+
+async def test_the_runner_answers_a_sealed_request_with_a_mac_valid_reply(
+    stack: Stack, throwaway: Throwaway, log_output: io.StringIO, caplog: pytest.LogCaptureFixture
+) -> None:
+    contoso = stack.demo.tenants[0]
+    alice = next(u for u in contoso.users if u.uid == "alice")
+    logs.configure(level="DEBUG", json=True, service="agent")
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(file=log_output),
+        cache_logger_on_first_use=False,
+    )
+    settings = load_settings(
+        state_dir=throwaway.state_dir, heartbeat_interval_s=0.2, **directory_overrides(stack)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(settings, stop=stop))
+    connection = await aio_pika.connect(stack.amqp_url)
+    try:
+        await _until_consumed(stack, throwaway.tenant_id)
+        requester = Requester(connection, throwaway)
+        # A wrong password first, then the right one: the success clears the failure
+        # that the wrong bind counted against alice's lockout in the directory.
+        wrong, wrong_key, _ = await requester.ask(alice.username, "wrong-" + alice.password)
+        right, right_key, incoming = await requester.ask(alice.username, alice.password)
+    finally:
+        await connection.close()
+    assert wrong.status is Status.INVALID_CREDENTIALS and verify_reply(wrong, wrong_key)
+    assert right.status is Status.SUCCESS
+    assert verify_reply(right, right_key)  # the MAC only the decrypting agent can make
+    assert not verify_reply(right, wrong_key)
+    assert right.agent_id == throwaway.registration.record.agent_id
+    assert right.kid == throwaway.registration.kid
+    assert incoming.correlation_id == right.request_id
+    async with asyncio.timeout(30):
+        # The heartbeat carries the handler's counts; the CA stores them (remote state).
+        while "success=1" not in await _status_detail(stack, throwaway):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    assert "invalid_credentials=1" in await _status_detail(stack, throwaway)
+    stop.set()
+    async with asyncio.timeout(30):
+        await task
+    # (Only the runner's own events: other modules' loggers may be cached on another
+    # stream by earlier tests of the session.)
+    names = [e["event"] for e in events_in(log_output)]
+    assert names.index("consuming") < names.index("agent_stopping") < names.index("agent_stopped")
+    text = log_output.getvalue() + caplog.text
+    assert alice.password not in text and contoso.service_password not in text
+    assert await _consumers(stack, throwaway.tenant_id) == 0
+
+
+async def _status_detail(stack: Stack, target: Throwaway) -> str:
+    conn = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        value = await conn.fetchval(
+            "SELECT status_detail FROM agents WHERE id = $1 AND tenant_id = $2",
+            uuid.UUID(target.registration.record.agent_id),
+            uuid.UUID(target.tenant_id),
+        )
+    finally:
+        await conn.close()
+    return str(value or "")
+
+
+async def test_pta_agent_run_stops_cleanly_under_uvloop(stack: Stack, throwaway: Throwaway) -> None:
+    """The real daemon (uvloop, TLS to the CA): SIGTERM while heartbeats are in flight
+    ends it with exit 0 and no traceback (no TLS transport may outlive the loop)."""
+    contoso = stack.demo.tenants[0]
+    password_file = throwaway.state_dir.parent / "ldap-password"
+    password_file.write_text(contoso.service_password + "\n")
+    password_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PTA_AGENT_")}
+    env.update(
+        PTA_AGENT_STATE_DIR=str(throwaway.state_dir),
+        PTA_AGENT_LDAP_URL=stack.ldap_url,
+        PTA_AGENT_LDAP_BIND_DN=contoso.service_dn,
+        PTA_AGENT_LDAP_BIND_PASSWORD_FILE=str(password_file),
+        PTA_AGENT_LDAP_BASE_DN=contoso.people_dn,
+        PTA_AGENT_LDAP_DOMAIN=contoso.domain,
+        PTA_AGENT_SYNC_INTERVAL_S="0",
+        PTA_AGENT_HEARTBEAT_INTERVAL_S="0.05",  # a heartbeat is in flight at most times
+        PYTHONASYNCIODEBUG="0",
+    )
+    for _ in range(3):
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("pta-agent")), "run",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stderr is not None
+        seen: list[str] = []
+        async with asyncio.timeout(30):
+            while True:
+                line = (await process.stderr.readline()).decode()
+                assert line, "".join(seen)
+                seen.append(line)
+                if '"event": "consuming"' in line:
+                    break
+        await _until_consumed(stack, throwaway.tenant_id)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            rest, _ = await asyncio.gather(process.stderr.read(), process.wait())
+        output = "".join(seen) + rest.decode()
+        assert process.returncode == 0, output
+        assert '"event": "agent_stopped"' in output
+        for bad in ("Traceback", "Fatal error", "Unclosed", "Task was destroyed", "ERROR"):
+            assert bad not in output, output
+        assert contoso.service_password not in output

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,33 @@ from click.testing import CliRunner, Result
 
 from agent import cli, registration, runner
 from agent.cloud import AgentNotFound, AgentView, IssuedCertificate
+from agent.directory import DirectoryMisconfigured, DirectoryUnavailable, FakeDirectory
 from agent.https import Unreachable
 from agent.signin import AccessToken, DeviceCode, Login, OAuthError, PasswordLogin
+from agent.sync import DirectoryUser, SourceResult
 from common import pki
+from common.wire import Status
 from tests.unit.test_agent_state import NOW, Issued, issue, saved_registration
 
 PASSWORD = "Pa55-marker-7f3c9e"
+SERVICE_PASSWORD = "svc-marker-51d0"
+DIRECTORY_ENV = {
+    "PTA_AGENT_LDAP_URL": "ldap://127.0.0.1:1",
+    "PTA_AGENT_LDAP_BIND_DN": "cn=reader,dc=contoso,dc=test",
+    "PTA_AGENT_LDAP_BIND_PASSWORD": SERVICE_PASSWORD,
+    "PTA_AGENT_LDAP_BASE_DN": "ou=people,dc=contoso,dc=test",
+    "PTA_AGENT_LDAP_DOMAIN": "contoso.test",
+}
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("STATE_DIR", "SERVER", "CA_BUNDLE", "LOG_LEVEL", "PREFETCH"):
-        monkeypatch.delenv(f"PTA_AGENT_{name}", raising=False)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in os.environ:
+        if name.startswith("PTA_AGENT_"):
+            monkeypatch.delenv(name, raising=False)
+    yield
+    # The commands configure logging with cached loggers: later modules must not inherit.
+    structlog.reset_defaults()
 
 
 def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
@@ -58,7 +74,9 @@ def register_args(state_dir: Path, bundle: Path, *extra: str) -> list[str]:
 # --------------------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("command", ["register", "status", "unregister", "run"])
+@pytest.mark.parametrize(
+    "command", ["register", "status", "unregister", "run", "test-logon", "sync"]
+)
 def test_each_command_explains_itself_with_an_example(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0, result.output
@@ -70,7 +88,7 @@ def test_each_command_explains_itself_with_an_example(command: str) -> None:
 def test_main_help_lists_the_commands() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("register", "status", "unregister", "run"):
+    for command in ("register", "status", "unregister", "run", "test-logon", "sync"):
         assert command in result.output
 
 
@@ -429,7 +447,158 @@ def test_run_turns_signals_into_the_stop_event(
         stopped.append(signum)
 
     monkeypatch.setattr(runner, "run", fake_run)
-    result = invoke("run", "--state-dir", str(tmp_path))
+    saved_registration(tmp_path, issue())
+    result = invoke("run", "--state-dir", str(tmp_path), env=DIRECTORY_ENV)
     structlog.reset_defaults()
     assert result.exit_code == 0, result.output
     assert stopped == [signum]
+
+
+def test_run_needs_the_directory_settings(tmp_path: Path) -> None:
+    saved_registration(tmp_path, issue())
+    env = {**DIRECTORY_ENV, "PTA_AGENT_LDAP_URL": "http://dc1.corp.test"}
+    result = invoke("run", "--state-dir", str(tmp_path), env=env)
+    structlog.reset_defaults()
+    assert result.exit_code == 2
+    assert "PTA_AGENT_LDAP_URL" in result.output and "scheme" in result.output
+    assert SERVICE_PASSWORD not in result.output
+
+
+# --------------------------------------------------------------------------- test-logon
+
+
+class OpenedDirectory(FakeDirectory):
+    """What ``LdapDirectory.open`` returns in these tests (a context manager, as it is)."""
+
+    async def __aenter__(self) -> OpenedDirectory:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+@pytest.fixture
+def fake_directory(monkeypatch: pytest.MonkeyPatch) -> OpenedDirectory:
+    directory = OpenedDirectory(
+        users={
+            "alice@contoso.test": (PASSWORD, Status.SUCCESS),
+            "erin@contoso.test": (PASSWORD, Status.PASSWORD_EXPIRED),
+        }
+    )
+
+    async def open_(settings: Any) -> OpenedDirectory:
+        return directory
+
+    monkeypatch.setattr(cli.LdapDirectory, "open", open_)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "code", "status"),
+    [
+        ("alice@contoso.test", PASSWORD, 0, "success"),
+        ("alice@contoso.test", "wrong-" + PASSWORD, 1, "invalid_credentials"),
+        ("erin@contoso.test", PASSWORD, 1, "password_expired"),
+        ("nobody@contoso.test", PASSWORD, 1, "invalid_credentials"),
+    ],
+)
+def test_test_logon_prints_the_verdict_and_exits_with_its_code(
+    fake_directory: OpenedDirectory, username: str, password: str, code: int, status: str
+) -> None:
+    result = invoke("test-logon", "--username", username, input=f"{password}\n", env=DIRECTORY_ENV)
+    assert result.exit_code == code, result.output
+    assert f"Result:   {status}" in result.output and "To do:" in result.output
+    assert password not in result.output and SERVICE_PASSWORD not in result.output
+    assert fake_directory.calls == [username] and fake_directory.is_closed
+
+
+def test_test_logon_needs_no_registration_nor_cloud(
+    fake_directory: OpenedDirectory, tmp_path: Path
+) -> None:
+    result = invoke(
+        "test-logon", "--username", "alice@contoso.test", "--state-dir", str(tmp_path / "none"),
+        input=f"{PASSWORD}\n", env=DIRECTORY_ENV,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_test_logon_when_the_directory_cannot_be_opened(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def open_(settings: Any) -> OpenedDirectory:
+        raise DirectoryUnavailable("(url ldap://127.0.0.1:1: cannot connect: refused)")
+
+    monkeypatch.setattr(cli.LdapDirectory, "open", open_)
+    result = invoke(
+        "test-logon", "--username", "alice@contoso.test", input=f"{PASSWORD}\n",
+        env=DIRECTORY_ENV,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "directory_unavailable" in result.output and "cannot connect" in result.output
+    assert PASSWORD not in result.output
+
+
+def test_test_logon_names_a_misconfigured_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def open_(settings: Any) -> OpenedDirectory:
+        raise DirectoryMisconfigured("base_dn: 'ou=nope' does not exist.")
+
+    monkeypatch.setattr(cli.LdapDirectory, "open", open_)
+    result = invoke(
+        "test-logon", "--username", "alice@contoso.test", input=f"{PASSWORD}\n",
+        env=DIRECTORY_ENV,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "PTA_AGENT_LDAP_BASE_DN: 'ou=nope' does not exist." in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "stdin", "message"),
+    [
+        (DIRECTORY_ENV, "\n", "no password"),
+        ({}, f"{PASSWORD}\n", "PTA_AGENT_LDAP_URL"),
+    ],
+)
+def test_test_logon_usage_errors(
+    fake_directory: OpenedDirectory, env: dict[str, str], stdin: str, message: str
+) -> None:
+    result = invoke("test-logon", "--username", "alice@contoso.test", input=stdin, env=env)
+    assert result.exit_code == 2 and message in result.output
+    assert fake_directory.calls == []
+
+
+def test_test_logon_never_takes_the_password_as_an_option() -> None:
+    result = invoke("test-logon", "--username", "a@contoso.test", "--password", PASSWORD)
+    assert result.exit_code == 2 and "No such option" in result.output
+
+
+# --------------------------------------------------------------------------- sync
+
+
+class ListedSource:
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
+    async def read(self) -> SourceResult:
+        users = (DirectoryUser("alice@contoso.test", "5f0c4d1e-0000-4000-8000-000000000001", "A"),)
+        return SourceResult(users, {"other_domain": 2}, 3)
+
+
+def test_sync_dry_run_reads_and_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli, "UserSource", ListedSource)
+    result = invoke("sync", "--dry-run", "--state-dir", str(tmp_path), env=DIRECTORY_ENV)
+    assert result.exit_code == 0, result.output
+    assert "Read 1 users from ldap://127.0.0.1:1 under ou=people,dc=contoso,dc=test" in (
+        result.output
+    )
+    assert "skipped 2 other_domain" in result.output and "Dry run" in result.output
+
+
+def test_sync_needs_a_registration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(cli, "UserSource", ListedSource)
+    result = invoke("sync", "--state-dir", str(tmp_path), env=DIRECTORY_ENV)
+    assert result.exit_code == 1 and "pta-agent register" in result.output
+
+
+def test_sync_needs_the_directory_settings(tmp_path: Path) -> None:
+    result = invoke("sync", "--state-dir", str(tmp_path), env={"PTA_AGENT_LDAP_URL": "ldap://x"})
+    assert result.exit_code == 2 and "PTA_AGENT_LDAP_BIND_DN" in result.output

@@ -1,6 +1,6 @@
-"""The daemon's logic with the CA and the broker replaced by fakes (agent.runner,
-agent.heartbeat, agent.broker.broker_url). No network: the real broker and CA are in the
-integration tests."""
+"""The daemon's logic with the CA, the broker and the directory replaced by fakes
+(agent.runner, agent.heartbeat, agent.broker.broker_url). No network: the real broker, CA
+and directory are in the integration tests."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from structlog.testing import capture_logs
 from agent import runner
 from agent.broker import BrokerUnreachable, broker_url
 from agent.cloud import AgentNotFound, BrokerGrant, CaClient, HeartbeatAnswer
+from agent.directory import DirectoryMisconfigured, DirectoryUnavailable, FakeDirectory
 from agent.heartbeat import Health, HeartbeatStatus, heartbeat_loop
 from agent.https import Unreachable
-from agent.settings import load_settings
+from agent.settings import Settings, load_settings
 from common.contracts import tenant_queue
 from tests.unit.test_agent_state import Issued, issue, saved_registration
 
@@ -166,15 +167,57 @@ async def test_heartbeat_stops_when_the_agent_is_gone() -> None:
 
 # --------------------------------------------------------------------------- run()
 
+# Directory settings that pass validation; the directory itself is a FakeDirectory.
+DIRECTORY: dict[str, Any] = {
+    "ldap_url": "ldap://127.0.0.1:1",
+    "ldap_bind_dn": "cn=reader,dc=contoso,dc=test",
+    "ldap_bind_password": "service-pw",
+    "ldap_base_dn": "ou=people,dc=contoso,dc=test",
+    "ldap_domain": "contoso.test",
+    "sync_interval_s": 0,
+}
+
+
+def settings_for(state_dir: Path, **overrides: Any) -> Settings:
+    return load_settings(state_dir=state_dir, **{**DIRECTORY, **overrides})
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.consumers: dict[str, Any] = {}
+        self.cancelled: list[str] = []
+
+    async def consume(self, callback: Any, no_ack: bool = False) -> str:
+        assert no_ack is False  # manual ack: the handler settles each message
+        tag = f"ctag-{len(self.consumers) + 1}"
+        self.consumers[tag] = callback
+        return tag
+
+    async def cancel(self, tag: str) -> None:
+        self.cancelled.append(tag)
+
 
 class FakeLink:
     def __init__(self, grant: BrokerGrant) -> None:
         self.grant = grant
         self.is_connected = True
         self.closed = False
+        self.queue = FakeQueue()
+        self.exchange = object()
 
     async def close(self, timeout_s: float) -> None:
         self.closed = True
+
+
+@pytest.fixture
+def directory(monkeypatch: pytest.MonkeyPatch) -> FakeDirectory:
+    fake = FakeDirectory()
+
+    async def open_directory(settings: Any) -> FakeDirectory:
+        return fake
+
+    monkeypatch.setattr(runner, "open_directory", open_directory)
+    return fake
 
 
 class FakeCa:
@@ -186,6 +229,8 @@ class FakeCa:
         self.heartbeats: list[str] = []
         self.heartbeat_answer = heartbeat or HeartbeatAnswer(renew=False)
         self.heartbeat_seen = asyncio.Event()
+        self.details: list[str] = []
+        self.closed = False
 
     def __call__(self, *_: Any, **__: Any) -> FakeCa:
         return self
@@ -196,6 +241,9 @@ class FakeCa:
     async def __aexit__(self, *_: object) -> None:
         return None
 
+    async def close(self) -> None:
+        self.closed = True
+
     async def bootstrap(self) -> BrokerGrant:
         self.bootstraps += 1
         item = self.grants.pop(0) if len(self.grants) > 1 else self.grants[0]
@@ -205,6 +253,7 @@ class FakeCa:
 
     async def heartbeat(self, status: str, detail: str = "") -> HeartbeatAnswer:
         self.heartbeats.append(status)
+        self.details.append(detail)
         self.heartbeat_seen.set()
         if isinstance(self.heartbeat_answer, Exception):
             raise self.heartbeat_answer
@@ -225,7 +274,7 @@ class Links(list[FakeLink]):
 
 
 @pytest.fixture
-def links(monkeypatch: pytest.MonkeyPatch) -> Links:
+def links(monkeypatch: pytest.MonkeyPatch, directory: FakeDirectory) -> Links:
     opened = Links()
 
     async def open_link(grant: BrokerGrant, **_: Any) -> FakeLink:
@@ -240,6 +289,112 @@ def links(monkeypatch: pytest.MonkeyPatch) -> Links:
 
 
 async def test_run_connects_heartbeats_and_stops_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: Links, directory: FakeDirectory
+) -> None:
+    issued = issue()
+    saved_registration(tmp_path, issued)
+    ca = FakeCa([grant_for(issued)])
+    monkeypatch.setattr(runner, "CaClient", ca)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(settings_for(tmp_path), stop=stop))
+    async with asyncio.timeout(5):
+        await ca.heartbeat_seen.wait()
+    (link,) = links
+    (tag,) = link.queue.consumers  # consuming (manual ack) before the first heartbeat
+    assert not directory.is_closed
+    stop.set()
+    async with asyncio.timeout(5):
+        await task  # returns: a requested stop is no error
+    assert ca.heartbeats == ["healthy"]
+    assert ca.details == ["replies none"]
+    assert link.queue.cancelled == [tag] and link.closed and ca.closed
+    assert directory.is_closed  # closed last
+
+
+class HeldMessage:
+    """An incoming message whose handling waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.body = b"not json"  # the handler answers nothing and rejects it
+        self.reply_to = None
+        self.correlation_id = None
+        self.message_id = None
+        self.redelivered = False
+        self.processed = False
+        self.settled: list[str] = []
+
+    async def reject(self, requeue: bool = False) -> None:
+        self.settled.append("reject")
+        self.processed = True
+
+    async def ack(self) -> None:
+        self.settled.append("ack")
+        self.processed = True
+
+
+async def test_stop_drains_in_flight_requests_before_closing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: Links, directory: FakeDirectory
+) -> None:
+    issued = issue()
+    saved_registration(tmp_path, issued)
+    ca = FakeCa([grant_for(issued)])
+    monkeypatch.setattr(runner, "CaClient", ca)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(settings_for(tmp_path), stop=stop))
+    async with asyncio.timeout(5):
+        await ca.heartbeat_seen.wait()
+    (link,) = links
+    (consumer,) = link.queue.consumers.values()
+    release = asyncio.Event()
+    real_handler = consumer.handler
+
+    async def slow_handler(message: Any) -> None:
+        await release.wait()
+        await real_handler(message)
+
+    consumer.handler = slow_handler
+    message = HeldMessage()
+    in_flight = asyncio.create_task(consumer(message))
+    await asyncio.sleep(0)  # let the delivery start, as aio-pika's task would
+    stop.set()
+    await asyncio.sleep(0.05)  # the runner is draining now: nothing may be closed yet
+    assert not task.done() and not link.closed and not directory.is_closed
+    release.set()
+    async with asyncio.timeout(5):
+        await task
+        await in_flight
+    assert message.settled == ["reject"] and link.closed and directory.is_closed
+
+
+async def test_drain_gives_up_after_drain_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: Links, directory: FakeDirectory
+) -> None:
+    issued = issue()
+    saved_registration(tmp_path, issued)
+    ca = FakeCa([grant_for(issued)])
+    monkeypatch.setattr(runner, "CaClient", ca)
+    stop = asyncio.Event()
+    settings = settings_for(tmp_path, drain_timeout_s=0.1)
+    task = asyncio.create_task(runner.run(settings, stop=stop))
+    async with asyncio.timeout(5):
+        await ca.heartbeat_seen.wait()
+    (consumer,) = links[0].queue.consumers.values()
+    never = asyncio.Event()
+
+    async def stuck(message: Any) -> None:
+        await never.wait()
+
+    consumer.handler = stuck
+    in_flight = asyncio.create_task(consumer(HeldMessage()))
+    await asyncio.sleep(0)
+    stop.set()
+    async with asyncio.timeout(5):
+        await task  # does not wait for the stuck request beyond drain_timeout_s
+    assert links[0].closed and directory.is_closed
+    in_flight.cancel()
+
+
+async def test_heartbeat_detail_carries_the_handlers_counts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: Links
 ) -> None:
     issued = issue()
@@ -247,14 +402,92 @@ async def test_run_connects_heartbeats_and_stops_cleanly(
     ca = FakeCa([grant_for(issued)])
     monkeypatch.setattr(runner, "CaClient", ca)
     stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(load_settings(state_dir=tmp_path), stop=stop))
+    task = asyncio.create_task(
+        runner.run(settings_for(tmp_path, heartbeat_interval_s=0.05), stop=stop)
+    )
+    async with asyncio.timeout(5):
+        await ca.heartbeat_seen.wait()
+    (consumer,) = links[0].queue.consumers.values()
+    await consumer(HeldMessage())  # undecodable: counted, rejected
+    ca.heartbeat_seen.clear()
     async with asyncio.timeout(5):
         await ca.heartbeat_seen.wait()
     stop.set()
+    await asyncio.wait_for(task, 5)
+    assert "undecodable=1" in ca.details[-1]
+    assert len(ca.details[-1]) <= 256
+
+
+async def test_unreachable_directory_is_retried_then_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: Links
+) -> None:
+    issued = issue()
+    saved_registration(tmp_path, issued)
+    ca = FakeCa([grant_for(issued)])
+    monkeypatch.setattr(runner, "CaClient", ca)
+    attempts = 0
+    fake = FakeDirectory()
+
+    async def open_directory(settings: Any) -> FakeDirectory:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise DirectoryUnavailable("(url ldap://127.0.0.1:1: cannot connect)")
+        return fake
+
+    monkeypatch.setattr(runner, "open_directory", open_directory)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(settings_for(tmp_path), stop=stop))
     async with asyncio.timeout(5):
-        await task  # returns: a requested stop is no error
-    assert ca.heartbeats == ["healthy"]
-    assert len(links) == 1 and links[0].closed
+        await ca.heartbeat_seen.wait()
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert attempts == 3 and fake.is_closed
+
+
+async def test_misconfigured_directory_is_fatal_before_any_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: Links
+) -> None:
+    issued = issue()
+    saved_registration(tmp_path, issued)
+    ca = FakeCa([grant_for(issued)])
+    monkeypatch.setattr(runner, "CaClient", ca)
+
+    async def open_directory(settings: Any) -> FakeDirectory:
+        raise DirectoryMisconfigured("base_dn: 'ou=nope' does not exist.")
+
+    monkeypatch.setattr(runner, "open_directory", open_directory)
+    with pytest.raises(DirectoryMisconfigured, match="base_dn"):
+        await asyncio.wait_for(runner.run(settings_for(tmp_path), stop=asyncio.Event()), 5)
+    assert ca.bootstraps == 0 and links == []
+
+
+async def test_stop_while_waiting_for_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: Links
+) -> None:
+    issued = issue()
+    saved_registration(tmp_path, issued)
+    monkeypatch.setattr(runner, "retry_delay", lambda attempt: 60.0)
+
+    async def open_directory(settings: Any) -> FakeDirectory:
+        raise DirectoryUnavailable("(down)")
+
+    monkeypatch.setattr(runner, "open_directory", open_directory)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(settings_for(tmp_path), stop=stop))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 5)  # no 60 s wait, no error
+    assert links == []
+
+
+def test_bad_directory_settings_fail_before_anything(tmp_path: Path) -> None:
+    saved_registration(tmp_path, issue())
+    from agent.settings import SettingsInvalid
+
+    settings = settings_for(tmp_path, ldap_url=None)
+    with pytest.raises(SettingsInvalid, match="PTA_AGENT_LDAP_URL"):
+        asyncio.run(runner.run(settings, stop=asyncio.Event()))
 
 
 async def test_transient_bootstrap_failures_are_retried(
@@ -265,7 +498,7 @@ async def test_transient_bootstrap_failures_are_retried(
     ca = FakeCa([Unreachable("down"), BrokerUnreachable("x"), grant_for(issued)])
     monkeypatch.setattr(runner, "CaClient", ca)
     stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(load_settings(state_dir=tmp_path), stop=stop))
+    task = asyncio.create_task(runner.run(settings_for(tmp_path), stop=stop))
     async with asyncio.timeout(5):
         await ca.heartbeat_seen.wait()
     stop.set()
@@ -282,9 +515,7 @@ async def test_bootstrap_for_another_tenant_is_fatal(
     ca = FakeCa([grant_for(issued, tenant_id=other.tenant_id, queue=tenant_queue(other.tenant_id))])
     monkeypatch.setattr(runner, "CaClient", ca)
     with pytest.raises(runner.GrantMismatch):
-        await asyncio.wait_for(
-            runner.run(load_settings(state_dir=tmp_path), stop=asyncio.Event()), 5
-        )
+        await asyncio.wait_for(runner.run(settings_for(tmp_path), stop=asyncio.Event()), 5)
     assert links == []
 
 
@@ -296,9 +527,7 @@ async def test_agent_deleted_in_the_cloud_ends_the_run_with_that_error(
     ca = FakeCa([grant_for(issued)], heartbeat=AgentNotFound(status=401))
     monkeypatch.setattr(runner, "CaClient", ca)
     with pytest.raises(AgentNotFound):
-        await asyncio.wait_for(
-            runner.run(load_settings(state_dir=tmp_path), stop=asyncio.Event()), 5
-        )
+        await asyncio.wait_for(runner.run(settings_for(tmp_path), stop=asyncio.Event()), 5)
     assert links[0].closed
 
 
@@ -311,13 +540,24 @@ async def test_credentials_are_refreshed_before_they_expire(
     ca = FakeCa([grant_for(issued, lifetime_s=0.5), grant_for(issued, lifetime_s=3600)])
     monkeypatch.setattr(runner, "CaClient", ca)
     stop = asyncio.Event()
-    task = asyncio.create_task(runner.run(load_settings(state_dir=tmp_path), stop=stop))
+    task = asyncio.create_task(runner.run(settings_for(tmp_path), stop=stop))
     async with asyncio.timeout(5):
         await links.until(2)
-    await asyncio.sleep(0)  # let the refresh task swap the link and close the old one
+    first, second = links
+    async with asyncio.timeout(5):
+        # The refresh swaps the link, then closes the old one; the fake has no event.
+        while not first.closed:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    # The same handler (and so the same replay cache) moved to the new link.
+    (old_tag, old_consumer), (_, new_consumer) = (
+        *first.queue.consumers.items(),
+        *second.queue.consumers.items(),
+    )
+    assert first.queue.cancelled == [old_tag]
+    assert new_consumer.handler is old_consumer.handler
+    assert new_consumer.handler.exchange is second.exchange
     stop.set()
     await asyncio.wait_for(task, 5)
-    first, second = links
     assert first.closed and second.closed
     assert ca.bootstraps == 2
     assert second.grant.expires_at > first.grant.expires_at
@@ -327,7 +567,7 @@ async def test_run_without_registration_fails_clearly(tmp_path: Path) -> None:
     from agent.state import NotRegistered
 
     with pytest.raises(NotRegistered, match="pta-agent register"):
-        await runner.run(load_settings(state_dir=tmp_path), stop=asyncio.Event())
+        await runner.run(settings_for(tmp_path), stop=asyncio.Event())
 
 
 def test_expired_grant_is_refused(tmp_path: Path) -> None:
