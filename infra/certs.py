@@ -55,7 +55,9 @@ class StackPki:
 SERVERS = ("sts", "ca")
 
 
-def ensure(pki_dir: Path, *, now: dt.datetime | None = None) -> StackPki:
+def ensure(
+    pki_dir: Path, *, ips: list[str] | None = None, now: dt.datetime | None = None
+) -> StackPki:
     """Create whatever is missing (idempotent): both CAs, server certs, a signing key."""
     now = now or dt.datetime.now(dt.UTC)
     paths = StackPki(pki_dir)
@@ -78,7 +80,7 @@ def ensure(pki_dir: Path, *, now: dt.datetime | None = None) -> StackPki:
             service_ca,
             service_key,
             hostnames=["localhost"],
-            ips=["127.0.0.1"],
+            ips=ips or ["127.0.0.1"],
             now=now,
             lifetime_days=SERVER_CERT_LIFETIME_DAYS,
         )

@@ -114,6 +114,19 @@ def check_ports_free(ports: dict[str, int]) -> None:
         )
 
 
+def can_bind(ip: str, port: int) -> bool:
+    """True when this process could listen on ip:port right now (root for port < 1024)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+    return True
+
+
 def which(name: str) -> str:
     found = shutil.which(name)
     if not found:

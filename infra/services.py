@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from infra.server import Health, Layout, Program, ServerNotReady, StackError
 # How many agents `make up` registers per tenant (DESIGN.md: three for contoso, two for
 # fabrikam, so that both multi-agent and cross-tenant behaviour show).
 AGENTS_PER_TENANT = {"contoso.test": 3, "fabrikam.test": 2}
+STS_LOCKOUT_THRESHOLD = 4
 
 
 def _script(name: str) -> str:
@@ -61,8 +63,14 @@ class Services:
         amqp_url: str,
         amqp_public_url: str,
         amqp_management_url: str,
+        ldap_url: str,
+        public_ip: str = "127.0.0.1",
+        sts_https_443: bool = False,
     ) -> None:
         self.layout = layout
+        self.ldap_url = ldap_url
+        self.public_ip = public_ip
+        self.sts_https_443 = sts_https_443
         self.demo = demo
         self.pki = pki
         self.postgres_dsn = postgres_dsn
@@ -70,7 +78,7 @@ class Services:
         self.amqp_public_url = amqp_public_url
         self.amqp_management_url = amqp_management_url
         p = layout.ports
-        self.sts_urls = [f"https://127.0.0.1:{p.sts}", f"https://127.0.0.1:{p.sts2}"]
+        self.sts_urls = [f"https://{public_ip}:{p.sts}", f"https://{public_ip}:{p.sts2}"]
         self.ca_url = f"https://127.0.0.1:{p.ca}"
         self.crl_url = f"http://127.0.0.1:{p.crl}"
         self.agents = [
@@ -98,7 +106,7 @@ class Services:
                 env={
                     # Both replicas share one issuer: tokens from either verify the same.
                     "PTA_STS_PUBLIC_URL": self.sts_url,
-                    "PTA_STS_HOST": "127.0.0.1",
+                    "PTA_STS_HOST": self.public_ip,
                     "PTA_STS_PORT": str(port),
                     "PTA_STS_TLS_CERT_FILE": str(self.pki.server_cert("sts")),
                     "PTA_STS_TLS_KEY_FILE": str(self.pki.server_key("sts")),
@@ -106,6 +114,14 @@ class Services:
                     "PTA_STS_AMQP_URL": self.amqp_url,
                     "PTA_STS_SIGNING_KEY_DIR": str(self.pki.signing_key_dir),
                     "PTA_STS_INSTANCE_ID": f"sts{i + 1}",
+                    # Below the directory's own lockout (slapd ppolicy: 5 failures), as
+                    # DESIGN.md's smart lockout rule asks, so attackers are stopped in the
+                    # cloud before they lock users out on-premises.
+                    "PTA_STS_LOCKOUT_THRESHOLD": str(STS_LOCKOUT_THRESHOLD),
+                    # MSAL's user realm call drops the port: replica 1 also serves :443.
+                    "PTA_STS_EXTRA_LISTEN": (
+                        f"{self.public_ip}:443" if (self.sts_https_443 and i == 0) else ""
+                    ),
                 },
                 stop_wait_s=15,
             )
@@ -145,12 +161,57 @@ class Services:
             Program(
                 name=slot.name,
                 command=[_script("pta-agent"), "run", "--state-dir", str(slot.state_dir)],
-                env={"PTA_AGENT_STATE_DIR": str(slot.state_dir)},
+                env=self.agent_env(slot),
                 stop_wait_s=20,
             )
             for slot in self.agents
             if slot.agent_json() is not None
         ]
+
+    def ldap_password_file(self, slot: AgentSlot) -> Path:
+        return self.layout.state_dir / "agents" / f"{slot.name}.ldap-password"
+
+    def agent_env(self, slot: AgentSlot) -> dict[str, str]:
+        """The agent's directory settings: its tenant's subtree and read-only account."""
+        t = slot.tenant
+        pw_file = self.ldap_password_file(slot)
+        if not pw_file.exists():
+            pw_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(t.service_password)
+        return {
+            "PTA_AGENT_STATE_DIR": str(slot.state_dir),
+            "PTA_AGENT_LDAP_URL": self.ldap_url,
+            "PTA_AGENT_LDAP_BIND_DN": t.service_dn,
+            "PTA_AGENT_LDAP_BIND_PASSWORD_FILE": str(pw_file),
+            "PTA_AGENT_LDAP_BASE_DN": t.people_dn,
+            "PTA_AGENT_LDAP_DOMAIN": t.domain,
+            "PTA_AGENT_LDAP_LOGIN_ATTRIBUTE": "uid",
+            "PTA_AGENT_LDAP_KIND": "openldap",
+        }
+
+    def sync_users(self) -> dict[str, str]:
+        """Run `pta-agent sync` once per tenant (the first agent of each) after start."""
+        done: dict[str, str] = {}
+        for slot in self.agents:
+            if slot.tenant.domain in done or slot.agent_json() is None:
+                continue
+            result = subprocess.run(
+                [_script("pta-agent"), "sync", "--state-dir", str(slot.state_dir)],
+                env={**os.environ, **self.agent_env(slot)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise StackError(
+                    f"pta-agent sync for {slot.name} failed:\n"
+                    f"{(result.stdout + result.stderr).strip()[-2000:]}"
+                )
+            done[slot.tenant.domain] = result.stdout.strip()
+        return done
 
     def cloud_programs(self) -> list[Program]:
         return [*self.sts_programs(), self.ca_program()]

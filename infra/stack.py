@@ -49,9 +49,12 @@ class Stack:
         *,
         durable: bool = True,
         with_services: bool = True,
+        public_ip: str | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
-        self.layout = Layout(self.state_dir, Ports.from_base(self._port_base(port_base)))
+        stored = self._load_layout(port_base, public_ip)
+        self.layout = Layout(self.state_dir, Ports.from_base(int(stored["port_base"])))
+        self.public_ip = str(stored["public_ip"])
         self.durable = durable
         self.demo: Demo = load_or_create(self.state_dir / "demo.json")
         self.rabbitmq = RabbitMQ(
@@ -73,27 +76,43 @@ class Stack:
             amqp_url=self.rabbitmq.amqp_url,
             amqp_public_url=self.rabbitmq.public_amqp_url,
             amqp_management_url=self.rabbitmq.management_url,
+            ldap_url=self.slapd.url,
+            public_ip=self.public_ip,
+            sts_https_443=bool(stored["sts_https_443"]),
         )
 
     # -- layout persistence ------------------------------------------------------------
 
-    def _port_base(self, requested: int | None) -> int:
-        """The port base is fixed at the first `up` and kept in <state>/layout.json."""
+    def _load_layout(self, requested: int | None, public_ip: str | None) -> dict[str, Any]:
+        """Port base and public address are fixed at the first `up` (<state>/layout.json).
+
+        `public_ip` is the loopback address the STS is reached at; `sts_https_443` records
+        whether the STS also listens on that address's port 443: MSAL's user realm
+        discovery drops the authority's port (msal/authority.py), so an unmodified MSAL
+        password flow needs the STS on 443 as Entra is.
+        """
         path = self.state_dir / "layout.json"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         # Traversable but not listable: the postgres OS user must reach its own folder.
         self.state_dir.chmod(0o711)
         if path.exists():
-            stored = int(json.loads(path.read_text())["port_base"])
-            if requested is not None and requested != stored:
+            stored: dict[str, Any] = json.loads(path.read_text())
+            stored.setdefault("public_ip", "127.0.0.1")
+            stored.setdefault("sts_https_443", False)
+            if requested is not None and requested != stored["port_base"]:
                 raise StackError(
-                    f"{self.state_dir} was created with --port-base {stored}; "
+                    f"{self.state_dir} was created with --port-base {stored['port_base']}; "
                     f"run `pta-stack down` and remove it to change ports"
                 )
             return stored
-        base = requested if requested is not None else DEFAULT_PORT_BASE
-        path.write_text(json.dumps({"port_base": base}) + "\n")
-        return base
+        ip = public_ip or "127.0.0.1"
+        layout = {
+            "port_base": requested if requested is not None else DEFAULT_PORT_BASE,
+            "public_ip": ip,
+            "sts_https_443": preflight.can_bind(ip, 443),
+        }
+        path.write_text(json.dumps(layout) + "\n")
+        return layout
 
     # -- URLs ------------------------------------------------------------------------
 
@@ -147,7 +166,9 @@ class Stack:
                 preflight.check_ports_free(self.layout.ports.listening())
                 await asyncio.gather(
                     *(asyncio.to_thread(s.prepare) for s in self.servers),
-                    asyncio.to_thread(certs.ensure, self.pki.dir),
+                    asyncio.to_thread(
+                        certs.ensure, self.pki.dir, ips=sorted({"127.0.0.1", self.public_ip})
+                    ),
                 )
                 self.supervisor.start(self.server_programs())
                 report.started = [p.name for p in self.server_programs()]
@@ -166,6 +187,9 @@ class Stack:
                 report.started += started_agents
                 if any(name.startswith("agent-") for name in started_agents):
                     await self.services.wait_agents_active(agents_since, READY_TIMEOUT_S)
+                    # The cloud learns who may sign in (DESIGN.md flow 3): one sync per
+                    # tenant now; running agents repeat it on their own schedule.
+                    await asyncio.to_thread(self.services.sync_users)
         except BaseException:
             if not report.was_running:
                 self.supervisor.shutdown()  # a failed first start leaves nothing running

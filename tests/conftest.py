@@ -8,6 +8,7 @@ with the reason (no silent skip).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -31,7 +32,10 @@ def make_state_dir(prefix: str) -> Path:
 async def stack() -> AsyncIterator[Stack]:
     """The test run's private stack (RabbitMQ, PostgreSQL, slapd), up and seeded."""
     state = make_state_dir("pta-test-")
-    s = Stack(state, free_port_base(), durable=False)
+    # Its own loopback address for the STS, so that the STS can also hold :443 there (for
+    # MSAL) even while a `make up` stack holds 127.0.0.1:443.
+    public_ip = f"127.0.0.{secrets.randbelow(240) + 10}"
+    s = Stack(state, free_port_base(), durable=False, public_ip=public_ip)
     try:
         await s.up()
     except BaseException as exc:

@@ -45,7 +45,7 @@ def test_five_agents_in_stack_json(stack: Stack) -> None:
     contoso, fabrikam = (t["id"] for t in doc["tenants"])
     assert by_tenant == {contoso: 3, fabrikam: 2}
     assert Path(doc["ca_bundle"]).is_file()
-    assert doc["sts_url"].startswith("https://127.0.0.1:")
+    assert doc["sts_url"].startswith(f"https://{stack.public_ip}:")
     assert doc["ca_url"].startswith("https://127.0.0.1:")
     assert doc["crl_url"].startswith("http://127.0.0.1:")
 
