@@ -98,3 +98,35 @@ async def test_id_token_verifies_against_the_jwks(stack: Stack) -> None:
     assert claims["tid"] == tenant["id"]
     assert claims["preferred_username"] == "bob@contoso.test"
     uuid.UUID(claims["oid"])
+
+
+async def test_smart_lockout_stops_guessing_before_the_directory_locks(stack: Stack) -> None:
+    """DESIGN.md: the cloud lockout trips first, so the user is not locked on-premises."""
+    import ldap3
+
+    bulk = tenant_doc(stack, "fabrikam.test")["bulk_users"]
+    username = bulk["pattern"].format(n=800)
+    codes = [(await password_grant(stack, username, f"wrong-guess-{i}")).code for i in range(8)]
+    assert codes[:4] == [50126] * 4, codes
+    assert set(codes[4:]) == {50053}, codes  # smart lockout, no agent asked
+    tenant = next(t for t in stack.demo.tenants if t.domain == "fabrikam.test")
+
+    def directory_lock_time() -> list[str]:
+        conn = ldap3.Connection(
+            ldap3.Server(stack.ldap_url, get_info=ldap3.NONE),
+            tenant.service_dn,
+            tenant.service_password,
+            auto_bind=True,
+        )
+        try:
+            conn.search(
+                tenant.people_dn,
+                f"(uid={tenant.bulk_uid(800)})",
+                attributes=["pwdAccountLockedTime", "pwdFailureTime"],
+            )
+            entry = conn.entries[0]
+            return [str(v) for v in entry["pwdAccountLockedTime"].values]
+        finally:
+            conn.unbind()
+
+    assert await asyncio.to_thread(directory_lock_time) == []
