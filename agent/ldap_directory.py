@@ -48,7 +48,8 @@ import re
 import socket
 import ssl
 import threading
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ log = structlog.get_logger(__name__)
 # AD caps passwords at 256 characters; anything beyond 1024 is never a real password.
 MAX_PASSWORD_CHARS: Final = 1024
 BACKSTOP_FACTOR: Final = 3.0
+DN_CACHE_MAX_ENTRIES: Final = 100_000  # about 20 MB at most; least recently used go first
 
 LoginAttribute = Literal["uid", "mail", "userPrincipalName"]
 Kind = Literal["openldap", "ad"]
@@ -146,6 +148,9 @@ class LdapDirectorySettings:
     timeout_s: float = 5.0
     pool_size: int = 8
     kind: Kind = "openldap"
+    # How long a username's DN found by the service search is reused (0 = search every
+    # time). See `LdapDirectory._validate_blocking` for why this is safe.
+    dn_cache_ttl_s: float = 60.0
 
     @property
     def object_class(self) -> str:
@@ -246,6 +251,7 @@ class LdapDirectory:
             max_workers=settings.pool_size, thread_name_prefix="pta-ldap"
         )
         self._is_closed = False
+        self._dn_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     @classmethod
     async def open(cls, settings: LdapDirectorySettings) -> Self:
@@ -334,17 +340,85 @@ class LdapDirectory:
     # --- in a worker thread -----------------------------------------------------------
 
     def _validate_blocking(self, value: str, secret: bytes) -> Verdict:
+        """Search for the user's DN (or reuse a recent answer), bind as it, map the result.
+
+        The DN cache saves the service search (the larger half of an LDAP validation) for
+        a user seen within ``dn_cache_ttl_s``. A bind through a cached DN is trusted only
+        when the directory accepts or explains it (success, expired, must change, locked).
+        When it says "invalid credentials" or "no such object", the cached DN may be
+        stale (entry renamed, deleted, login moved to another entry): the DN is searched
+        again, and only if it changed is the password tried on the new DN, so a wrong
+        password still costs the user exactly one failed bind in the directory's lockout
+        count. A successful bind proves the password belongs to that entry; the residual
+        risk, a login name moved to another entry within the TTL, is bounded by the TTL.
+        """
         conns = self._conns()
-        found = self._service_call(conns, lambda conn: self._find(conn, value))
-        if isinstance(found, Verdict):
-            return found
+        cached = self._cached_dn(value)
+        if cached is not None:
+            self._count("dn_cache_hits")
+            result = self._user_bind(conns, cached, secret)
+            if not self._is_possibly_stale(result):
+                return self._verdict(conns, cached, result)
+            found = self._service_call(conns, lambda conn: self._find(conn, value))
+            if found == cached:
+                return self._verdict(conns, cached, result)  # genuinely the wrong password
+            self._forget_dn(value)
+            if isinstance(found, Verdict):
+                return found
+        else:
+            found = self._service_call(conns, lambda conn: self._find(conn, value))
+            if isinstance(found, Verdict):
+                return found
         result = self._user_bind(conns, found, secret)
+        verdict = self._verdict(conns, found, result)
+        if verdict.status is not Status.INVALID_CREDENTIALS:
+            self._remember_dn(value, found)
+        return verdict
+
+    def _verdict(self, conns: _Conns, dn: str, result: Mapping[str, Any]) -> Verdict:
         if self.settings.kind == "ad":
             return ad_verdict(result)
         verdict = openldap_verdict(result)
         if verdict is None:
-            return self._service_call(conns, lambda conn: _lock_verdict(conn, found))
+            return self._service_call(conns, lambda conn: _lock_verdict(conn, dn))
         return verdict
+
+    @staticmethod
+    def _is_possibly_stale(result: Mapping[str, Any]) -> bool:
+        """A bind answer that could mean "this DN is no longer the user's"."""
+        if result.get("result") == NO_SUCH_OBJECT:
+            return True
+        if result.get("result") != INVALID_CREDENTIALS:
+            return False
+        # OpenLDAP: 49 with a ppolicy error explains itself (expired, locked); AD: only
+        # 52e/525 (wrong password, unknown user) are ambiguous.
+        message = str(result.get("message") or "").lower()
+        return not any(code in message for code in ("data 53", "data 70", "data 77"))
+
+    def _cached_dn(self, value: str) -> str | None:
+        if self.settings.dn_cache_ttl_s <= 0:
+            return None
+        with self._lock:
+            hit = self._dn_cache.get(value)
+            if hit is None:
+                return None
+            if hit[1] < time.monotonic():
+                del self._dn_cache[value]
+                return None
+            return hit[0]
+
+    def _remember_dn(self, value: str, dn: str) -> None:
+        if self.settings.dn_cache_ttl_s <= 0:
+            return
+        with self._lock:
+            self._dn_cache[value] = (dn, time.monotonic() + self.settings.dn_cache_ttl_s)
+            self._dn_cache.move_to_end(value)
+            while len(self._dn_cache) > DN_CACHE_MAX_ENTRIES:
+                self._dn_cache.popitem(last=False)
+
+    def _forget_dn(self, value: str) -> None:
+        with self._lock:
+            self._dn_cache.pop(value, None)
 
     def _find(self, conn: ldap3.Connection, value: str) -> str | Verdict:
         """The DN of the one entry whose login attribute is ``value``, or a verdict."""

@@ -26,6 +26,7 @@ not when the object is built):
 | ``PTA_AGENT_LDAP_KIND`` | ``openldap`` (default, ppolicy) or ``ad`` |
 | ``PTA_AGENT_LDAP_POOL_SIZE`` | LDAP threads; default min(8, prefetch), at most the prefetch |
 | ``PTA_AGENT_LDAP_TIMEOUT_S`` | connect and per-answer timeout (default 5) |
+| ``PTA_AGENT_LDAP_DN_CACHE_TTL_S`` | reuse a user's searched DN this long (default 60; 0: off) |
 | ``PTA_AGENT_SYNC_INTERVAL_S`` | user sync period inside ``run`` (default 1800; 0 = off) |
 
 The password file is read once, by ``directory_settings()``; one trailing newline is
@@ -66,6 +67,7 @@ _DIRECTORY_ENV: Final = {
     "kind": "PTA_AGENT_LDAP_KIND",
     "pool_size": "PTA_AGENT_LDAP_POOL_SIZE",
     "timeout_s": "PTA_AGENT_LDAP_TIMEOUT_S",
+    "dn_cache_ttl_s": "PTA_AGENT_LDAP_DN_CACHE_TTL_S",
 }
 _REQUIRED: Final = (
     ("ldap_url", "PTA_AGENT_LDAP_URL", "the directory's URL, e.g. ldaps://dc1.corp.example"),
@@ -133,6 +135,12 @@ class Settings(BaseSettings):
         description="LDAP threads; unset: min(8, prefetch). Above the prefetch they idle.",
     )
     ldap_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    ldap_dn_cache_ttl_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="Seconds a user's DN found by the service search is reused (0: off).",
+    )
     sync_interval_s: float = Field(
         default=1800.0,
         ge=0,
@@ -202,6 +210,7 @@ class Settings(BaseSettings):
             timeout_s=self.ldap_timeout_s,
             pool_size=self.pool_size,
             kind=self.ldap_kind,
+            dn_cache_ttl_s=self.ldap_dn_cache_ttl_s,
         )
         try:
             directory.check()

@@ -13,6 +13,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 _SECRET_KEY = re.compile(
@@ -50,7 +51,8 @@ def configure(*, level: str = "INFO", json: bool | None = None, service: str = "
     if service:
         processors.insert(1, _bind_service(service))
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        # orjson: about 6x faster than json.dumps; one line per sign-in on the hot path.
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -62,6 +64,12 @@ def configure(*, level: str = "INFO", json: bool | None = None, service: str = "
     )
     # Foreign libraries (aiohttp access log, aio-pika) go through stdlib logging.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s %(message)s")
+
+
+def _orjson_dumps(event: Any, **_kwargs: Any) -> str:
+    # Dataclasses go through repr, as with structlog's own JSON renderer: orjson would
+    # otherwise serialize every field, including one marked repr=False to hide a secret.
+    return orjson.dumps(event, default=repr, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
 
 
 def _bind_service(service: str) -> Any:

@@ -600,3 +600,71 @@ async def test_test_logon_explains_the_result(stack: StackLike, contoso: LdapDir
     verdict = await logon.test_logon(down, username, password)
     assert verdict.status is Status.DIRECTORY_UNAVAILABLE
     assert logon.exit_code(verdict) == 2
+
+
+# --- the DN cache -----------------------------------------------------------------------
+
+
+def _failure_times(stack: StackLike, dn: str) -> int:
+    """How many failed binds slapd has counted for this entry (pwdFailureTime values)."""
+    conn = ldap3.Connection(
+        ldap3.Server(stack.ldap_url, get_info=ldap3.NONE),
+        stack.demo.ldap_admin_dn,
+        stack.demo.ldap_admin_password,
+        auto_bind=True,
+    )
+    try:
+        conn.search(dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["pwdFailureTime"])
+        return len(conn.entries[0]["pwdFailureTime"].values) if conn.entries else 0
+    finally:
+        conn.unbind()
+
+
+async def test_a_second_sign_in_skips_the_search(stack: StackLike, disposable: Disposable) -> None:
+    username, password = disposable.add()
+    async with await LdapDirectory.open(_settings(stack)) as directory:
+        assert (await directory.validate(username, password)).status is Status.SUCCESS
+        searches = directory.stats().get("searches", 0)
+        assert (await directory.validate(username, password)).status is Status.SUCCESS
+        assert directory.stats().get("searches", 0) == searches  # the DN came from the cache
+        assert directory.stats()["dn_cache_hits"] >= 1
+
+
+async def test_a_wrong_password_through_a_cached_dn_counts_once(
+    stack: StackLike, disposable: Disposable
+) -> None:
+    username, password = disposable.add()
+    dn = ldif.user_dn(stack.demo.tenants[0], username.split("@")[0])
+    async with await LdapDirectory.open(_settings(stack)) as directory:
+        assert (await directory.validate(username, password)).status is Status.SUCCESS
+        for expected in (1, 2):
+            verdict = await directory.validate(username, "wrong-password")
+            assert verdict.status is Status.INVALID_CREDENTIALS
+            assert await asyncio.to_thread(_failure_times, stack, dn) == expected
+
+
+async def test_a_renamed_entry_is_found_again(stack: StackLike, disposable: Disposable) -> None:
+    """The cached DN went stale (entry moved): the adapter searches again and binds there."""
+    username, password = disposable.add()
+    tenant = stack.demo.tenants[0]
+    uid = username.split("@")[0]
+    async with await LdapDirectory.open(_settings(stack)) as directory:
+        assert (await directory.validate(username, password)).status is Status.SUCCESS
+        old_dn = ldif.user_dn(tenant, uid)
+        # Same uid, new RDN (cn=...): the login name now lives at another DN.
+        # Keep the uid value (deleteoldrdn false): only the DN changes.
+        moved = disposable.admin.modify_dn(old_dn, f"cn={uid}", delete_old_dn=False)
+        assert moved, disposable.admin.result
+        disposable.dns.remove(old_dn)
+        disposable.dns.append(f"cn={uid},{tenant.people_dn}")
+        assert (await directory.validate(username, password)).status is Status.SUCCESS
+        assert (await directory.validate(username, "wrong")).status is Status.INVALID_CREDENTIALS
+
+
+async def test_the_cache_can_be_turned_off(stack: StackLike, disposable: Disposable) -> None:
+    username, password = disposable.add()
+    async with await LdapDirectory.open(_settings(stack, dn_cache_ttl_s=0)) as directory:
+        for _ in range(2):
+            assert (await directory.validate(username, password)).status is Status.SUCCESS
+        assert directory.stats().get("dn_cache_hits", 0) == 0
+        assert directory.stats()["searches"] == 2

@@ -41,3 +41,19 @@ def test_configured_json_output_never_contains_the_secret(
     assert "marker-123" not in buf.getvalue()
     assert line["correlation_id"] == "c-1" and line["service"] == "test"
     assert line["event"] == "password_validated"
+
+
+def test_a_dataclass_with_a_hidden_secret_stays_hidden() -> None:
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Login:
+        username: str
+        password: str = field(repr=False)
+
+    logs.configure(json=True)
+    buf = io.StringIO()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=buf))
+    structlog.get_logger().info("sign_in_attempt", login=Login("alice", "marker-456"))
+    assert "marker-456" not in buf.getvalue()
+    assert "alice" in buf.getvalue()
