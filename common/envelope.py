@@ -40,7 +40,6 @@ message ever contains a password, reply key or content key (DESIGN.md "Security 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import math
 import os
@@ -51,11 +50,12 @@ from typing import ClassVar, Final
 
 import msgspec
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from common.pki import spki_sha256_kid
 from common.wire import (
     GCM_TAG_BYTES,
     MAX_CIPHERTEXT_BYTES,
@@ -163,13 +163,10 @@ def kid_for(public_key: RSAPublicKey) -> str:
     """Return an agent's key id: base64url, unpadded, of SHA-256 over its DER SPKI.
 
     The CA stores it at registration (DESIGN.md flow 1, step 5) and the agent finds its
-    wrapped key by it. Compute it once per key, not per request.
+    wrapped key by it. One definition for both sides: `common.pki.spki_sha256_kid`.
+    Compute it once per key, not per request.
     """
-    spki = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    digest = hashlib.sha256(spki).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return spki_sha256_kid(public_key)
 
 
 def new_reply_key() -> bytes:
