@@ -59,7 +59,10 @@ async def password_grant(
 ) -> TokenAnswer:
     """POST the password grant to the STS token endpoint of the username's tenant."""
     doc = stack_doc(stack)
-    tenant = tenant_doc(stack, username.rsplit("@", 1)[-1] if "@" in username else "contoso.test")
+    domain = username.rsplit("@", 1)[-1] if "@" in username else ""
+    known = {t["domain"] for t in doc["tenants"]}
+    # A hostile username's "domain" is no tenant's: send it to contoso's endpoint.
+    tenant = tenant_doc(stack, domain if domain in known else "contoso.test")
     url = f"{sts_url or doc['sts_url']}/{tenant['id']}/oauth2/v2.0/token"
     form = {
         "grant_type": "password",
