@@ -84,6 +84,7 @@ from common.wire import (
     correlation_of,
     decode_request,
     reply_message,
+    trace_of,
 )
 
 __all__ = ["DEFAULT_PUBLISH_TIMEOUT_S", "ReplyPublisher", "SignInHandler"]
@@ -148,8 +149,13 @@ class SignInHandler:
         except WireError as exc:
             await self._undecodable(message, exc, started)
             return
+        # correlation_id: the id the user and the STS logs show (carried in a header), so
+        # one id finds both sides; request_id: this dispatch, as the STS logs it too.
         with structlog.contextvars.bound_contextvars(
-            correlation_id=envelope.request_id, agent_id=self.agent_id, tenant_id=self.tenant_id
+            correlation_id=trace_of(message) or envelope.request_id,
+            request_id=envelope.request_id,
+            agent_id=self.agent_id,
+            tenant_id=self.tenant_id,
         ):
             try:
                 is_replied = await self._handle(message, envelope, started)

@@ -246,8 +246,23 @@ def _decode(decoder: msgspec.json.Decoder[_T], body: bytes) -> _T:
         raise WireError("body is not valid UTF-8") from None
 
 
+TRACE_HEADER = "x-pta-trace-id"
+"""AMQP header carrying the sign-in's HTTP correlation id to the agent, for its logs only.
+
+The request id (message_id, correlation_id) is made by the STS per dispatch: a client's
+`client-request-id` must never key the pending map or the agents' replay caches. The
+trace id lets one id, the one the user sees on the error page, find both sides' log lines.
+"""
+_TRACE_RE = re.compile(r"[0-9A-Za-z._:-]{1,64}\Z")
+
+
 def request_message(
-    env: RequestEnvelope, *, reply_to: str, correlation_id: str, expiration_s: float
+    env: RequestEnvelope,
+    *,
+    reply_to: str,
+    correlation_id: str,
+    expiration_s: float,
+    trace_id: str | None = None,
 ) -> aio_pika.Message:
     """Wrap a request for publishing to `pta.tenant.<tenant id>` (DESIGN.md flow 3, step 2).
 
@@ -262,6 +277,9 @@ def request_message(
         raise ValueError("correlation_id must be the request id (DESIGN.md flow 3)")
     if not (math.isfinite(expiration_s) and expiration_s > 0):
         raise ValueError("expiration_s must be positive and finite: the deadline has passed")
+    headers: dict[str, aio_pika.abc.FieldValue] | None = (
+        {TRACE_HEADER: trace_id} if trace_id and _TRACE_RE.match(trace_id) else None
+    )
     return aio_pika.Message(
         encode_request(env),
         content_type=CONTENT_TYPE,
@@ -270,6 +288,7 @@ def request_message(
         reply_to=reply_to,
         expiration=expiration_s,
         delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        headers=headers,
     )
 
 
@@ -286,6 +305,16 @@ def reply_message(reply: Reply, *, correlation_id: str) -> aio_pika.Message:
         correlation_id=correlation_id,
         delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
     )
+
+
+def trace_of(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:
+    """The sign-in's HTTP correlation id carried for logging, if present and well formed."""
+    value = (message.headers or {}).get(TRACE_HEADER)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    if isinstance(value, str) and _TRACE_RE.match(value):
+        return value
+    return None
 
 
 def correlation_of(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:

@@ -430,6 +430,7 @@ class Dispatcher:
                     reply_to=self.reply_key,
                     correlation_id=env.request_id,
                     expiration_s=remaining_s,
+                    trace_id=request.correlation_id or None,
                 )
                 await channel.default_exchange.publish(
                     message, routing_key=tenant_queue(env.tenant_id), mandatory=True

@@ -130,3 +130,49 @@ async def test_smart_lockout_stops_guessing_before_the_directory_locks(stack: St
             conn.unbind()
 
     assert await asyncio.to_thread(directory_lock_time) == []
+
+
+async def test_one_correlation_id_finds_the_sign_in_on_both_sides(stack: Stack) -> None:
+    """STYLE.md 7: the STS and the agent log the same correlation id for one sign-in."""
+    import json as jsonlib
+
+    correlation = str(uuid.uuid4())
+    doc = stack_doc(stack)
+    tenant = tenant_doc(stack, "contoso.test")
+    form = {
+        "grant_type": "password",
+        "client_id": tenant["app"]["client_id"],
+        "scope": "openid",
+        "username": "bob@contoso.test",
+        "password": "a-wrong-password",
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{doc['sts_url']}/{tenant['id']}/oauth2/v2.0/token",
+            data=form,
+            headers={"client-request-id": correlation},
+            ssl=client_ssl(stack),
+        ) as r:
+            body = await r.json()
+    assert body["correlation_id"] == correlation
+
+    def events_with_the_id() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for path in stack.layout.logs_dir.glob("*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if correlation in line and line.startswith("{"):
+                    event = jsonlib.loads(line)
+                    found.setdefault(path.stem, set()).add(event["event"])
+        return found
+
+    deadline = asyncio.get_running_loop().time() + 5
+    found: dict[str, set[str]] = {}
+    while asyncio.get_running_loop().time() < deadline:
+        found = await asyncio.to_thread(events_with_the_id)
+        if any(k.startswith("agent-") for k in found) and any(k.startswith("sts") for k in found):
+            break
+        await asyncio.sleep(0.2)
+    agent_events = set().union(*(v for k, v in found.items() if k.startswith("agent-")))
+    sts_events = set().union(*(v for k, v in found.items() if k.startswith("sts")))
+    assert "password_validated" in agent_events, found
+    assert sts_events, found

@@ -74,6 +74,7 @@ class FakeDelivery:
     correlation_id: str | None = None
     message_id: str | None = None
     redelivered: bool = False
+    headers: dict[str, object] = field(default_factory=dict)
     settled: list[str] = field(default_factory=list)
 
     @property
@@ -508,3 +509,24 @@ async def test_the_password_never_appears_in_logs_or_replies(
         assert base64.b64encode(PASSWORD.encode()) not in sent
     assert logs, "the flows above log"
     assert PASSWORD not in repr(logs)
+
+
+async def test_the_trace_header_becomes_the_logged_correlation_id(rig: Rig, logs: Events) -> None:
+    """One id, the STS's correlation id carried in a header, finds both sides' lines."""
+    from common.wire import TRACE_HEADER
+
+    envelope, _ = _request(rig.keys)
+    trace = str(uuid.uuid4())
+    await _handle(rig, _delivery(envelope, headers={TRACE_HEADER: trace}))
+    [summary] = _events(logs, "password_validated")
+    assert summary["correlation_id"] == trace
+    assert summary["request_id"] == envelope.request_id
+
+
+async def test_without_a_trace_header_the_request_id_is_the_correlation_id(
+    rig: Rig, logs: Events
+) -> None:
+    envelope, _ = _request(rig.keys)
+    await _handle(rig, _delivery(envelope))
+    [summary] = _events(logs, "password_validated")
+    assert summary["correlation_id"] == envelope.request_id

@@ -339,3 +339,34 @@ class _Incoming:
 def test_correlation_of(cid: str | None, expected: str | None) -> None:
     message = cast(aio_pika.abc.AbstractIncomingMessage, _Incoming(cid))
     assert wire.correlation_of(message) == expected
+
+
+def test_the_trace_id_travels_in_a_header_and_only_when_well_formed() -> None:
+    import uuid as _uuid
+
+    from common import envelope as _envelope
+    from common.pki import new_rsa_key
+
+    key = new_rsa_key()
+    now = 1_700_000_000.0
+    env = _envelope.seal(
+        password="pw",
+        reply_key=_envelope.new_reply_key(),
+        recipients=[(_envelope.kid_for(key.public_key()), key.public_key())],
+        request_id=str(_uuid.uuid4()),
+        tenant_id=str(_uuid.uuid4()),
+        username="alice@contoso.test",
+        issued_at=now,
+        expires_at=now + 10,
+    )
+    trace = str(_uuid.uuid4())
+    message = wire.request_message(
+        env, reply_to="r", correlation_id=env.request_id, expiration_s=5, trace_id=trace
+    )
+    assert message.headers == {wire.TRACE_HEADER: trace}
+    assert message.correlation_id == env.request_id  # the request id stays the STS's own
+    for hostile in ("x" * 65, "a b", "<script>", "line\nbreak", ""):
+        m = wire.request_message(
+            env, reply_to="r", correlation_id=env.request_id, expiration_s=5, trace_id=hostile
+        )
+        assert not m.headers
