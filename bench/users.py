@@ -17,7 +17,7 @@ Kinds and their users (``UserPicker``):
 
 Lockout safety. Wrong passwords count toward the STS smart lockout (threshold 10 by
 default; the dev stack runs it at 4 so that it trips before the directory) and the
-directory's own lockout (slapd ppolicy here, like AD: 5 failures within 15 minutes lock
+directory's own lockout (slapd ppolicy here, like AD: 5 failures within 60 seconds lock
 a user for 15 minutes). So wrong attempts go only to the tail slice, spread round-robin,
 and at most ``max_wrong_per_user`` (default 2, at most 3: below both) per user per run;
 once every user of the slice reached it, further ``wrong`` draws become ``good`` ones and
@@ -176,7 +176,7 @@ class UserPicker:
             raise MixError(
                 f"max wrong passwords per user must be 1..{MAX_WRONG_PER_USER}: the stack's "
                 f"smart lockout trips at {STACK_SMART_LOCKOUT_THRESHOLD} failures, the "
-                f"directory locks a user at {DIRECTORY_LOCKOUT_THRESHOLD} in 15 minutes"
+                f"directory locks a user at {DIRECTORY_LOCKOUT_THRESHOLD} failures in 60 seconds"
             )
         self.mix = mix
         self.tenant = tenant

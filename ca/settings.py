@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, FilePath, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.contracts import MAX_AGENTS_PER_TENANT
+
 
 def _url(*schemes: str, credentials: bool = True) -> AfterValidator:
     """A validator: the URL has one of ``schemes``, a host, and (optionally) no user info."""
@@ -79,7 +81,10 @@ class Settings(BaseSettings):
     agent_cert_lifetime_days: int = Field(default=180, ge=1, le=825)
     access_key_lifetime_s: int = Field(default=86_400, ge=60)
     heartbeat_interval_s: int = Field(default=600, ge=1)
-    max_agents_per_tenant: int = Field(default=40, ge=1)
+    # An envelope carries at most 40 wrapped keys (common.wire.MAX_RECIPIENTS, DESIGN.md).
+    max_agents_per_tenant: int = Field(
+        default=MAX_AGENTS_PER_TENANT, ge=1, le=MAX_AGENTS_PER_TENANT
+    )
     renew_before_days: int = Field(default=30, ge=0)
     crl_cache_s: float = Field(default=30.0, ge=0)
     crl_next_update_hours: int = Field(default=24, ge=1)

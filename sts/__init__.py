@@ -12,15 +12,20 @@ balancer. Endpoints so far (DESIGN.md "Cloud endpoints"):
 | `POST /{tenant}/oauth2/v2.0/token` (password, device code, code, refresh) | `sts.token` |
 | `POST /{tenant}/oauth2/v2.0/devicecode` | `sts.devicecode` |
 | `GET`, `POST /devicelogin` (HTML form for people) | `sts.devicelogin` |
+| `GET /common/userrealm/{username}?api-version=1.0` | `sts.userrealm` |
 
 `{tenant}` is the tenant GUID or a verified domain (`sts.tenants`). Errors are Entra-shaped
-JSON, or an HTML page on browser routes (`sts.errors`). Only the tenants' cloud-only admins
-sign in for now (`sts.admins`); the dispatch of synced users' passwords to the agents comes
-with the sign-in pages.
+JSON, or an HTML page on browser routes (`sts.errors`). Cloud-only admins are verified by
+the STS itself (`sts.admins`, argon2id); synced users' passwords go to the tenant's agents
+through one `PasswordValidator` (`sts.signin`, `sts.passwords`): smart lockout, dispatch
+over RabbitMQ, the sign-in log.
 
 Modules: `app` (create_app, lifetimes), `main` (the console script), `settings`,
 `correlation` (request ids, log context), `errors`, `forms` (strict form parsing),
 `tenants`, `clients`, `admins`, `issuance` (scopes, claims), `signing` (ES256 keys, JWKS),
 `discovery`, `token`, `devicecode`, `devicelogin`, `pages` (HTML), `queries` (all SQL),
-`authorize` (browser sign-in), `codes` (authorization codes, refresh tokens), `pkce`.
+`authorize` (browser sign-in), `codes` (authorization codes, refresh tokens), `pkce`,
+`signin` (the validator seam), `passwords` (its implementation), `dispatcher` (AMQP RPC
+to agents), `agent_keys` (per-tenant agent keys, LISTEN/NOTIFY), `lockout` (smart
+lockout), `signin_log` (batched sign-in log), `userrealm` (home-realm discovery).
 """
