@@ -48,9 +48,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Benchmarks on a private stack of their own (about 2-5 minutes); results in bench/results/.
+# Benchmarks (about 2-5 minutes; results in bench/results/): on the `make up` stack when
+# it is running (its agents are stopped and restarted around the one-agent steps),
+# otherwise on a private stack of their own.
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --own-stack $(BENCH_ARGS)
+	@if $(BIN)/pta-stack status --state-dir $(STATE) >/dev/null 2>&1; then \
+		$(BIN)/python -m bench.run --stack-json $(STATE)/stack.json $(BENCH_ARGS); \
+	else \
+		$(BIN)/python -m bench.run --own-stack $(BENCH_ARGS); \
+	fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
