@@ -64,6 +64,7 @@ from tests.integration.test_agent_clients import (
     make_material,
     registered,
 )
+from tests.logs import logged_event
 
 pytestmark = pytest.mark.stack
 
@@ -559,7 +560,7 @@ async def test_pta_agent_run_stops_cleanly_under_uvloop(stack: Stack, throwaway:
                 line = (await process.stderr.readline()).decode()
                 assert line, "".join(seen)
                 seen.append(line)
-                if '"event": "consuming"' in line:
+                if logged_event(line, "consuming"):
                     break
         await _until_consumed(stack, throwaway.tenant_id)
         process.send_signal(signal.SIGTERM)
@@ -567,7 +568,7 @@ async def test_pta_agent_run_stops_cleanly_under_uvloop(stack: Stack, throwaway:
             rest, _ = await asyncio.gather(process.stderr.read(), process.wait())
         output = "".join(seen) + rest.decode()
         assert process.returncode == 0, output
-        assert '"event": "agent_stopped"' in output
+        assert logged_event(output, "agent_stopped")
         for bad in ("Traceback", "Fatal error", "Unclosed", "Task was destroyed", "ERROR"):
             assert bad not in output, output
         assert contoso.service_password not in output

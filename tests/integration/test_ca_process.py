@@ -33,6 +33,7 @@ from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used b
     new_tenant_fixture,
     save_agent,
 )
+from tests.logs import logged_event
 
 pytestmark = pytest.mark.stack
 
@@ -155,9 +156,9 @@ async def test_pta_ca_process_serves_and_stops_on_sigterm(
             returncode = await proc.wait()
     assert returncode == 0, log_file.read_text()
     logged = log_file.read_text()
-    assert '"event": "ca_started"' in logged and '"event": "agent_registered"' in logged
+    assert logged_event(logged, "ca_started") and logged_event(logged, "agent_registered")
     assert stack.demo.rabbitmq_admin_password not in logged
-    assert '"event": "agent_bootstrapped"' in logged
+    assert logged_event(logged, "agent_bootstrapped")
     assert credentials["access_key"] not in logged
     assert pki.certificate_pem(ca_pki.pta_ca_cert).decode() not in logged
     assert str(uuid.UUID(answer["agent_id"])) == answer["agent_id"]
