@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from sts.errors import InvalidCredentials, UserNotFound
+from sts.errors import InvalidCredentials, SmartLockout, UserNotFound
+from sts.lockout import LockoutStore
 from sts.queries import AdminRow, Database
 
 
@@ -53,6 +55,16 @@ class AdminVerifier:
         self._executor = executor
         self._dummy_hash = dummy_hash
         self._hasher = PasswordHasher()
+        self._lockout: LockoutStore | None = None
+
+    def attach_lockout(self, lockout: LockoutStore) -> None:
+        """Put the admins under smart lockout (set once the lockout store exists).
+
+        A guessed admin password would let an attacker register an agent and receive
+        every user's password, so admins get the same lockout as synced users, counted
+        in a key space of their own (`admin <username>`; usernames never hold a space).
+        """
+        self._lockout = lockout
 
     @classmethod
     async def create(cls, db: Database, executor: Executor) -> AdminVerifier:
@@ -66,14 +78,25 @@ class AdminVerifier:
         """The admin `username` of this tenant, if `password` is theirs.
 
         Raises UserNotFound (AADSTS50034) when the tenant has no such admin,
-        InvalidCredentials (AADSTS50126) when the password does not match.
+        InvalidCredentials (AADSTS50126) when the password does not match, SmartLockout
+        (AADSTS50053) while the admin is locked out (no hash is checked then).
         """
+        key = f"admin {username.lower()}"
+        state = None
+        if self._lockout is not None:
+            state = await self._lockout.current(str(tenant_id), key)
+            if self._lockout.policy.is_locked(state, time.time()):
+                raise SmartLockout()
         row = await self._db.admin_by_username(tenant_id, username)
         is_match = await self._check(row.password_hash if row else self._dummy_hash, password)
         if row is None:
             raise UserNotFound()
         if not is_match:
+            if self._lockout is not None:
+                await self._lockout.record_failure(str(tenant_id), key, time.time(), None)
             raise InvalidCredentials()
+        if self._lockout is not None and state is not None:
+            await self._lockout.record_success(str(tenant_id), key, state)
         return Admin.from_row(row)
 
     async def by_id(self, tenant_id: uuid.UUID, admin_id: uuid.UUID) -> Admin | None:

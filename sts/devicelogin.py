@@ -35,6 +35,7 @@ from sts.errors import (
     CsrfRejected,
     InvalidCredentials,
     InvalidParameter,
+    SmartLockout,
     UserNotFound,
 )
 from sts.forms import PASSWORD_MAX, SHORT_MAX, USERNAME_MAX, read_form
@@ -154,7 +155,7 @@ async def _decide(
     bind_tenant(str(pending.tenant_id))
     try:
         admin = await flow.admins.verify(pending.tenant_id, username, password)
-    except (UserNotFound, InvalidCredentials) as exc:
+    except (UserNotFound, InvalidCredentials, SmartLockout) as exc:
         log.info("device_login_refused", outcome=exc.error, code=exc.code, username=username)
         return again(exc.message)
     is_decided = await flow.db.decide_device_code(

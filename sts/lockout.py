@@ -187,6 +187,11 @@ class LockoutStore:
         row = await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
         return state_from_row(row)
 
+    async def current(self, tenant_id: str, username: str) -> LockoutState:
+        """The user's counters as stored now."""
+        row = await self._db.update_lockout(uuid.UUID(tenant_id), username, lambda r: r)
+        return state_from_row(row)
+
     async def record_success(self, tenant_id: str, username: str, state: LockoutState) -> None:
         """Forget the user's failures; no write when there were none."""
         if not state.is_clear:

@@ -39,6 +39,7 @@ from aiohttp import web
 
 from common.envelope import new_reply_key, seal
 from common.wire import Status
+from sts.admins import ADMINS
 from sts.agent_keys import AGENT_KEYS, AgentKeys, recipients_of
 from sts.dispatcher import (
     DISPATCHER,
@@ -350,6 +351,7 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
     app[AGENT_KEYS] = agent_keys
     app[SIGN_IN_LOG] = sign_in_log
     app[LOCKOUT] = lockout
+    app[ADMINS].attach_lockout(lockout)
     app[PASSWORD_VALIDATOR] = AgentPasswordValidator(
         db=db,
         agent_keys=agent_keys,
