@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import hashlib
 import hmac
 import uuid
@@ -41,6 +42,22 @@ from sts.queries import Database, LockoutRow
 FINGERPRINT_LABEL = b"pta.lockout.password"
 
 
+class Admission(enum.Enum):
+    """The answer to "may this attempt be sent to the agents now?"."""
+
+    ADMITTED = "admitted"
+    BUSY = "busy"  # enough attempts of this user are in flight: wait
+    LOCKED = "locked"
+
+
+class Settlement(enum.Enum):
+    """What an admitted attempt came to, for the counters."""
+
+    FAILURE = "failure"  # a wrong password
+    SUCCESS = "success"
+    NEUTRAL = "neutral"  # anything else: neither counts nor clears
+
+
 @dataclass(frozen=True, slots=True)
 class LockoutState:
     """One user's lockout counters. Times are Unix seconds."""
@@ -50,6 +67,8 @@ class LockoutState:
     locked_until: float | None = None
     last_failure_at: float | None = None
     recent_failures: tuple[bytes, ...] = ()
+    in_flight: int = 0  # attempts sent to the agents and not answered yet
+    in_flight_until: float | None = None  # in_flight is trusted until then
 
     @property
     def is_clear(self) -> bool:
@@ -118,6 +137,45 @@ class LockoutPolicy:
         """A valid password resets everything."""
         return LockoutState()
 
+    # -- attempts in flight: parallel guesses must not outrun the threshold ---------------
+
+    def live_in_flight(self, state: LockoutState, now: float) -> int:
+        """Attempts still in flight (an expired count is from a replica that died)."""
+        if state.in_flight_until is None or state.in_flight_until < now:
+            return 0
+        return state.in_flight
+
+    def admission(self, state: LockoutState, now: float) -> Admission:
+        """May one more attempt go to the agents now?
+
+        Each attempt in flight could still turn out a failure, so failures plus attempts
+        in flight stay below the threshold (after a lockout, where each failure locks
+        again, one at a time). More than that waits (BUSY) instead of being refused: a
+        legitimate burst of sign-ins of one user is delayed, never locked out.
+        """
+        if self.is_locked(state, now):
+            return Admission.LOCKED
+        failures = state.failures
+        if state.last_failure_at is not None and now - state.last_failure_at > self.forget_after_s:
+            failures = 0
+        capacity = 1 if state.lockouts > 0 else self.threshold - failures
+        if self.live_in_flight(state, now) >= capacity:
+            return Admission.BUSY
+        return Admission.ADMITTED
+
+    def with_admitted(self, state: LockoutState, now: float, until: float) -> LockoutState:
+        """One more attempt in flight, trusted until `until` (its deadline and a margin)."""
+        live = self.live_in_flight(state, now)
+        keep = state.in_flight_until if live and state.in_flight_until else until
+        return dataclasses.replace(state, in_flight=live + 1, in_flight_until=max(keep, until))
+
+    def with_settled(self, state: LockoutState, now: float) -> LockoutState:
+        """One attempt fewer in flight."""
+        live = max(self.live_in_flight(state, now) - 1, 0)
+        return dataclasses.replace(
+            state, in_flight=live, in_flight_until=state.in_flight_until if live else None
+        )
+
 
 def fingerprint(key: bytes, tenant_id: str, username: str, password: str) -> bytes:
     """The keyed fingerprint of a wrong password, bound to its user (HMAC-SHA256).
@@ -148,6 +206,8 @@ def state_from_row(row: LockoutRow | None) -> LockoutState:
         locked_until=_to_unix(row.locked_until),
         last_failure_at=_to_unix(row.last_failure_at),
         recent_failures=row.recent_failures,
+        in_flight=row.in_flight,
+        in_flight_until=_to_unix(row.in_flight_until),
     )
 
 
@@ -158,6 +218,8 @@ def row_from_state(state: LockoutState) -> LockoutRow:
         locked_until=_to_datetime(state.locked_until),
         last_failure_at=_to_datetime(state.last_failure_at),
         recent_failures=state.recent_failures,
+        in_flight=state.in_flight,
+        in_flight_until=_to_datetime(state.in_flight_until),
     )
 
 
@@ -190,6 +252,51 @@ class LockoutStore:
     async def current(self, tenant_id: str, username: str) -> LockoutState:
         """The user's counters as stored now."""
         row = await self._db.update_lockout(uuid.UUID(tenant_id), username, lambda r: r)
+        return state_from_row(row)
+
+    async def admit(
+        self, tenant_id: str, username: str, now: float, until: float
+    ) -> tuple[Admission, LockoutState]:
+        """Reserve a place in flight for one attempt, under the row lock (all replicas)."""
+        seen: list[tuple[Admission, LockoutState]] = []
+
+        def mutate(row: LockoutRow) -> LockoutRow:
+            state = state_from_row(row)
+            verdict = self.policy.admission(state, now)
+            seen.append((verdict, state))
+            if verdict is not Admission.ADMITTED:
+                return row
+            return row_from_state(self.policy.with_admitted(state, now, until))
+
+        await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
+        return seen[-1]
+
+    async def settle(
+        self,
+        tenant_id: str,
+        username: str,
+        now: float,
+        settlement: Settlement,
+        password_fingerprint: bytes | None = None,
+    ) -> LockoutState:
+        """Release an admitted attempt's place and count what it came to."""
+
+        def mutate(row: LockoutRow) -> LockoutRow:
+            state = state_from_row(row)
+            released = self.policy.with_settled(state, now)
+            if settlement is Settlement.FAILURE:
+                new = self.policy.after_failure(state, now, password_fingerprint)
+            elif settlement is Settlement.SUCCESS:
+                new = self.policy.after_success(state)
+            else:
+                new = state
+            return row_from_state(
+                dataclasses.replace(
+                    new, in_flight=released.in_flight, in_flight_until=released.in_flight_until
+                )
+            )
+
+        row = await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
         return state_from_row(row)
 
     async def record_success(self, tenant_id: str, username: str, state: LockoutState) -> None:

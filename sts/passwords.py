@@ -59,7 +59,14 @@ from sts.errors import (
     SmartLockout,
     UserNotFound,
 )
-from sts.lockout import LOCKOUT, LockoutPolicy, LockoutState, LockoutStore, state_from_row
+from sts.lockout import (
+    LOCKOUT,
+    Admission,
+    LockoutPolicy,
+    LockoutStore,
+    Settlement,
+    state_from_row,
+)
 from sts.queries import DATABASE, Database, SignInRecord, SignInUserRow
 from sts.settings import SETTINGS
 from sts.signin import PASSWORD_VALIDATOR, SignedInUser, SignInContext
@@ -97,6 +104,9 @@ STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
 """DESIGN.md's table, the rows without an agent status."""
 
 _STS_OUTCOMES = frozenset(str(o) for o in StsOutcome)
+
+IN_FLIGHT_MARGIN_S = 5.0  # how long past its deadline an attempt's place stays reserved
+ADMISSION_POLL_S = 0.02  # how often a waiting attempt asks again for a place in flight
 
 _DISPATCH_OUTCOMES = {
     DispatchOutcome.NO_AGENT: StsOutcome.NO_AGENT,
@@ -192,6 +202,36 @@ class AgentPasswordValidator:
             return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
         if not password:
             return Attempt(StsOutcome.EMPTY_PASSWORD, user)
+        deadline = now + self._request_timeout_s
+        # A place in flight for this user (all replicas count together): parallel guesses
+        # wait for earlier answers instead of all reaching the directory at once.
+        while True:
+            verdict, seen = await self._lockout.admit(
+                tenant.id, user.username, self._clock(), deadline + IN_FLIGHT_MARGIN_S
+            )
+            if verdict is Admission.ADMITTED:
+                break
+            if verdict is Admission.LOCKED or self._clock() >= deadline:
+                locked_s = round(policy.locked_for(seen, self._clock()))
+                return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
+            await asyncio.sleep(ADMISSION_POLL_S)
+        attempt: Attempt | None = None
+        try:
+            attempt = await self._dispatch_admitted(tenant, user, password, context, deadline)
+            return attempt
+        finally:
+            await self._bookkeep(tenant, user, password, attempt)
+
+    async def _dispatch_admitted(
+        self,
+        tenant: Tenant,
+        user: SignInUserRow,
+        password: str,
+        context: SignInContext,
+        deadline: float,
+    ) -> Attempt:
+        """Seal and dispatch one admitted attempt (module docstring, steps 4 to 6)."""
+        now = self._clock()
         agents = await self._agent_keys.for_tenant(tenant.id)
         if not agents:
             return Attempt(StsOutcome.NO_AGENT, user, detail="the tenant has no active agent")
@@ -208,7 +248,7 @@ class AgentPasswordValidator:
                 tenant_id=tenant.id,
                 username=user.username,
                 issued_at=now,
-                expires_at=now + self._request_timeout_s,
+                expires_at=max(deadline, now + 0.5),
             )
         except ValueError as exc:  # the message never holds the password (envelope.seal)
             return Attempt(StsOutcome.PASSWORD_REFUSED, user, detail=str(exc))
@@ -224,7 +264,6 @@ class AgentPasswordValidator:
             outcome = _DISPATCH_OUTCOMES.get(result.outcome, StsOutcome.TIMEOUT)
             return Attempt(outcome, user, detail=result.detail, request_id=request_id)
         reply = result.reply
-        await self._bookkeep(tenant, user, state, reply.status, password)
         return Attempt(
             str(reply.status),
             user,
@@ -234,31 +273,41 @@ class AgentPasswordValidator:
         )
 
     async def _bookkeep(
-        self,
-        tenant: Tenant,
-        user: SignInUserRow,
-        state: LockoutState,
-        status: Status,
-        password: str,
+        self, tenant: Tenant, user: SignInUserRow, password: str, attempt: Attempt | None
     ) -> None:
-        """Smart lockout after an agent's answer; a database failure here is not fatal."""
+        """Release the attempt's place in flight and count its outcome.
+
+        A wrong password counts toward smart lockout, a success clears the count, anything
+        else neither. A database failure here is logged, not fatal; the place in flight
+        then expires on its own (`in_flight_until`).
+        """
+        result = attempt.result if attempt is not None else ""
+        settlement = (
+            Settlement.FAILURE
+            if result == Status.INVALID_CREDENTIALS
+            else Settlement.SUCCESS
+            if result == Status.SUCCESS
+            else Settlement.NEUTRAL
+        )
+        fingerprint = (
+            self._lockout.fingerprint(tenant.id, user.username, password)
+            if settlement is Settlement.FAILURE
+            else None
+        )
         try:
-            if status is Status.INVALID_CREDENTIALS:
-                fingerprint = self._lockout.fingerprint(tenant.id, user.username, password)
-                new = await self._lockout.record_failure(
-                    tenant.id, user.username, self._clock(), fingerprint
-                )
-                if self._lockout.policy.is_locked(new, self._clock()):
-                    log.warning(
-                        "smart_lockout_started",
-                        username=user.username,
-                        lockouts=new.lockouts,
-                        locked_for_s=round(self._lockout.policy.locked_for(new, self._clock())),
-                    )
-            elif status is Status.SUCCESS:
-                await self._lockout.record_success(tenant.id, user.username, state)
+            new = await self._lockout.settle(
+                tenant.id, user.username, self._clock(), settlement, fingerprint
+            )
         except DatabaseUnavailable:
-            log.error("lockout_update_failed", username=user.username, status=str(status))
+            log.error("lockout_update_failed", username=user.username, outcome=result)
+            return
+        if settlement is Settlement.FAILURE and self._lockout.policy.is_locked(new, self._clock()):
+            log.warning(
+                "smart_lockout_started",
+                username=user.username,
+                lockouts=new.lockouts,
+                locked_for_s=round(self._lockout.policy.locked_for(new, self._clock())),
+            )
 
     def _record(
         self,

@@ -319,6 +319,8 @@ class Database:
                 new.locked_until,
                 new.last_failure_at,
                 list(new.recent_failures),
+                new.in_flight,
+                new.in_flight_until,
             )
         return new
 
@@ -662,6 +664,8 @@ class LockoutRow:
     locked_until: dt.datetime | None = None
     last_failure_at: dt.datetime | None = None
     recent_failures: tuple[bytes, ...] = ()
+    in_flight: int = 0
+    in_flight_until: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,12 +716,15 @@ def _lockout(row: asyncpg.Record) -> LockoutRow:
         locked_until=row["locked_until"],
         last_failure_at=row["last_failure_at"],
         recent_failures=tuple(bytes(b) for b in row["recent_failures"]),
+        in_flight=row["in_flight"],
+        in_flight_until=row["in_flight_until"],
     )
 
 
 _SIGN_IN_USER = """
 SELECT u.id, u.username, u.display_name, u.immutable_id,
-       l.failures, l.lockouts, l.locked_until, l.last_failure_at, l.recent_failures
+       l.failures, l.lockouts, l.locked_until, l.last_failure_at, l.recent_failures,
+       l.in_flight, l.in_flight_until
 FROM users u
 LEFT JOIN lockouts l ON l.tenant_id = u.tenant_id AND l.username = u.username
 WHERE u.tenant_id = $1 AND u.username = lower($2)"""
@@ -734,11 +741,12 @@ LIMIT 40"""
 _LOCK_LOCKOUT = """
 INSERT INTO lockouts (tenant_id, username) VALUES ($1, lower($2))
 ON CONFLICT (tenant_id, username) DO UPDATE SET failures = lockouts.failures
-RETURNING failures, lockouts, locked_until, last_failure_at, recent_failures"""
+RETURNING failures, lockouts, locked_until, last_failure_at, recent_failures,
+    in_flight, in_flight_until"""
 
 _UPDATE_LOCKOUT = """
 UPDATE lockouts SET failures = $3, lockouts = $4, locked_until = $5, last_failure_at = $6,
-    recent_failures = $7
+    recent_failures = $7, in_flight = $8, in_flight_until = $9
 WHERE tenant_id = $1 AND username = lower($2)"""
 
 _DELETE_LOCKOUT = "DELETE FROM lockouts WHERE tenant_id = $1 AND username = lower($2)"

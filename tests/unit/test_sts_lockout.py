@@ -112,3 +112,23 @@ def test_huge_lockout_counts_stay_capped() -> None:
 def test_bad_policies_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="threshold"):
         LockoutPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_admission_counts_attempts_in_flight_and_forgets_a_dead_replicas() -> None:
+    from sts.lockout import Admission, LockoutPolicy, LockoutState
+
+    policy = LockoutPolicy(threshold=3, duration_s=60)
+    now = 1_000.0
+    state = LockoutState()
+    for _ in range(3):
+        assert policy.admission(state, now) is Admission.ADMITTED
+        state = policy.with_admitted(state, now, until=now + 15)
+    assert policy.admission(state, now) is Admission.BUSY  # 0 failures + 3 in flight
+    state = policy.with_settled(state, now)
+    assert policy.admission(state, now) is Admission.ADMITTED
+    failed = policy.after_failure(state, now)
+    assert policy.admission(failed, now) is Admission.BUSY  # 1 failure + 2 in flight
+    # A replica that died with attempts in flight: its places expire with in_flight_until.
+    assert policy.admission(failed, now + 16) is Admission.ADMITTED
+    locked = LockoutState(lockouts=1, locked_until=now + 60)
+    assert policy.admission(locked, now) is Admission.LOCKED
