@@ -47,3 +47,14 @@ async def stack() -> AsyncIterator[Stack]:
         s.down()
         if not os.environ.get("PTA_KEEP_TEST_STATE"):
             shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def msal_verifies_with_our_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let MSAL's `verify=` (our CA bundle) take effect for this test.
+
+    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's `verify`
+    (psf/requests#3829), and this machine's environment sets them.
+    """
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)

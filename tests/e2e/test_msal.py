@@ -33,10 +33,8 @@ def _app(stack: Stack, domain: str) -> tuple[msal.PublicClientApplication, dict[
 
 
 @pytest.fixture(autouse=True)
-def _no_ca_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    # requests lets these variables override a session's `verify` (psf/requests#3829).
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+def _no_ca_override(msal_verifies_with_our_bundle: None) -> None:
+    """Every test here is an MSAL one (see tests/conftest.py)."""
 
 
 async def test_msal_username_password_returns_a_verified_id_token(stack: Stack) -> None:

@@ -15,14 +15,13 @@ import asyncio
 import datetime as dt
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import pytest_asyncio
 from aiohttp import web
 from click.testing import CliRunner, Result
 from cryptography import x509
@@ -296,23 +295,6 @@ def _ca_error(status: int, code: str, message: str) -> web.Response:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def material(tmp_path: Path) -> Material:
-    directory = tmp_path / "pki"
-    directory.mkdir()
-    return make_material(directory)
-
-
-@pytest_asyncio.fixture
-async def cloud(material: Material) -> AsyncIterator[FakeCloud]:
-    fake = FakeCloud(material)
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
 def server_tls(material: Material) -> ssl.SSLContext:

@@ -57,13 +57,7 @@ from common.envelope import kid_for, new_reply_key, seal, verify_reply
 from common.wire import Reply, Status, decode_reply, request_message
 from infra.rabbitmq import VHOST
 from infra.stack import Stack
-from tests.integration.test_agent_clients import (
-    Agent,
-    FakeCloud,
-    Material,
-    make_material,
-    registered,
-)
+from tests.integration.test_agent_clients import Agent, FakeCloud, registered
 from tests.logs import logged_event
 
 pytestmark = pytest.mark.stack
@@ -143,23 +137,6 @@ async def broker(stack: Stack) -> AsyncIterator[Broker]:
         yield b
     finally:
         await b.cleanup()
-
-
-@pytest.fixture
-def material(tmp_path: Path) -> Material:
-    directory = tmp_path / "pki"
-    directory.mkdir()
-    return make_material(directory)
-
-
-@pytest_asyncio.fixture
-async def cloud(material: Material) -> AsyncIterator[FakeCloud]:
-    fake = FakeCloud(material)
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
 @pytest.fixture

@@ -28,12 +28,8 @@ from tests.integration.test_sts_harness import make_tls, running_sts
 pytestmark = pytest.mark.stack
 
 
-async def test_msal_auth_code_flow_and_silent_refresh(
-    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # requests lets these variables override a session's `verify` (psf/requests#3829).
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+@pytest.mark.usefixtures("msal_verifies_with_our_bundle")
+async def test_msal_auth_code_flow_and_silent_refresh(stack: Stack, tmp_path: Path) -> None:
     ca, cert, key = make_tls(tmp_path)
     async with running_sts(
         stack,

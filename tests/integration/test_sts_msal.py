@@ -24,12 +24,8 @@ from tests.integration.test_sts_harness import AGENT, CA_SCOPE, make_tls, runnin
 pytestmark = pytest.mark.stack
 
 
-async def test_msal_device_flow_over_https(
-    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # requests lets these variables override a session's `verify` (psf/requests#3829).
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+@pytest.mark.usefixtures("msal_verifies_with_our_bundle")
+async def test_msal_device_flow_over_https(stack: Stack, tmp_path: Path) -> None:
     ca, cert, key = make_tls(tmp_path)
     async with running_sts(
         stack,

@@ -159,12 +159,8 @@ class PortlessTo443(requests.Session):
 
 # MSAL deprecates ROPC for public clients; it is still the flow DESIGN.md asks to support.
 @pytest.mark.filterwarnings("ignore:This API has been deprecated:DeprecationWarning")
-async def test_msal_username_password_flow_for_a_synced_user(
-    served: Served, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # requests lets these variables override a session's `verify` (psf/requests#3829).
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+@pytest.mark.usefixtures("msal_verifies_with_our_bundle")
+async def test_msal_username_password_flow_for_a_synced_user(served: Served) -> None:
     t = served.tenant
     http = PortlessTo443(served.extra_port, served.ca)
     authority = f"{served.settings.public_url}/{t.domain}"
