@@ -19,12 +19,11 @@ from urllib.parse import quote
 import aio_pika
 import aiohttp
 
+from common.contracts import REPLY_EXCHANGE, VHOST
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 ERTS_GLOB = "/usr/lib/erlang/erts-*/bin/epmd"
-VHOST = "pta"  # same as common.contracts.VHOST
-REPLY_EXCHANGE = "pta.replies"
 
 
 def _epmd() -> str:

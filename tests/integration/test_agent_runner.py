@@ -51,11 +51,11 @@ from common.contracts import (
     REPLY_EXCHANGE,
     TENANT_QUEUE_ARGUMENTS,
     TENANT_QUEUE_DURABLE,
+    VHOST,
     tenant_queue,
 )
 from common.envelope import kid_for, new_reply_key, seal, verify_reply
 from common.wire import Reply, Status, decode_reply, request_message
-from infra.rabbitmq import VHOST
 from infra.stack import Stack
 from tests.integration.test_agent_clients import Agent, FakeCloud, registered
 from tests.logs import logged_event

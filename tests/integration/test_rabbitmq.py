@@ -12,7 +12,7 @@ import aiohttp
 import aiormq
 import pytest
 
-from infra.rabbitmq import REPLY_EXCHANGE, VHOST
+from common.contracts import REPLY_EXCHANGE, VHOST
 from infra.stack import Stack
 
 pytestmark = pytest.mark.stack
