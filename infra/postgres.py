@@ -118,7 +118,7 @@ class Postgres:
         if result.returncode != 0:
             raise StackError(f"initdb failed: {result.stderr.strip()[-2000:]}")
 
-    def program(self) -> Program:
+    def programs(self) -> list[Program]:
         settings = [
             "-c", "listen_addresses=127.0.0.1",
             "-c", f"unix_socket_directories={self.sockets}",
@@ -129,21 +129,23 @@ class Postgres:
             # The test stack is thrown away: trade crash safety for speed.
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off",
                          "-c", "full_page_writes=off"]  # fmt: skip
-        return Program(
-            name="postgres",
-            command=[
-                str(PG_BIN / "postgres"),
-                "-D",
-                str(self.data),
-                "-p",
-                str(self.port),
-                *settings,
-            ],
-            user=OS_USER if self.is_root else None,
-            directory=str(self.dir),
-            stop_signal="INT",  # fast shutdown
-            stop_wait_s=30,
-        )
+        return [
+            Program(
+                name="postgres",
+                command=[
+                    str(PG_BIN / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    *settings,
+                ],
+                user=OS_USER if self.is_root else None,
+                directory=str(self.dir),
+                stop_signal="INT",  # fast shutdown
+                stop_wait_s=30,
+            )
+        ]
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Ready = `SELECT 1` as the superuser over TCP with SCRAM."""

@@ -162,9 +162,6 @@ class RabbitMQ:
             ),
         ]
 
-    def program(self) -> Program:
-        return self.programs()[1]
-
     def _auth(self) -> dict[str, str]:
         # aiohttp 3.14 deprecates BasicAuth/auth=: send the header ourselves.
         token = base64.b64encode(f"{self.admin_user}:{self.admin_password}".encode()).decode()

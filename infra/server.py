@@ -1,8 +1,8 @@
 """The contract every private server of the stack implements.
 
 The launcher (`infra.stack`) drives each server through the same five steps:
-`prepare` (create its state on disk, idempotent), `program` (how the supervisor runs it in
-the foreground), `wait_ready` (real readiness: a protocol handshake, not a port probe),
+`prepare` (create its state on disk, idempotent), `programs` (how the supervisor runs it
+in the foreground), `wait_ready` (real readiness: a protocol handshake, not a port probe),
 `configure` (post-start set-up, idempotent) and `health` (for `pta-stack status`).
 """
 
@@ -115,8 +115,8 @@ class Server(Protocol):
     def prepare(self) -> None:
         """Create the server's state under the layout (idempotent, servers not running)."""
 
-    def program(self) -> Program:
-        """How the supervisor runs the server in the foreground."""
+    def programs(self) -> list[Program]:
+        """How the supervisor runs the server in the foreground (one or more processes)."""
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Return once the server answers its protocol; raise ServerNotReady otherwise."""

@@ -252,25 +252,27 @@ class Slapd:
 
     # --- run -------------------------------------------------------------------------
 
-    def program(self) -> Program:
+    def programs(self) -> list[Program]:
         """slapd in the foreground (``-d``) on loopback ldap, ldaps and the ldapi socket."""
         self._check_socket_path()
         urls = f"{self.url}/ {self.ldaps_url}/ {self.ldapi_url}"
-        return Program(
-            name=self.name,
-            command=[
-                _binary("slapd"),
-                "-d",
-                self.debug_level,
-                "-h",
-                urls,
-                "-F",
-                str(self.config_dir),
-            ],
-            directory=str(self.home),
-            stop_signal="TERM",
-            stop_wait_s=10,
-        )
+        return [
+            Program(
+                name=self.name,
+                command=[
+                    _binary("slapd"),
+                    "-d",
+                    self.debug_level,
+                    "-h",
+                    urls,
+                    "-F",
+                    str(self.config_dir),
+                ],
+                directory=str(self.home),
+                stop_signal="TERM",
+                stop_wait_s=10,
+            )
+        ]
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Return once a tenant's service account can bind; else raise ServerNotReady."""

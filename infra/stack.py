@@ -135,7 +135,7 @@ class Stack:
         return [self.rabbitmq, self.postgres, self.slapd]
 
     def server_programs(self) -> list[Program]:
-        return [*self.rabbitmq.programs(), self.postgres.program(), self.slapd.program()]
+        return [program for server in self.servers for program in server.programs()]
 
     def programs(self) -> list[Program]:
         """Everything the supervisor runs once the stack is fully up."""
