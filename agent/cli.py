@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import getpass
 import signal
 import socket
 import sys
@@ -28,7 +27,7 @@ import click
 import orjson
 import structlog
 
-from agent import __version__, logon, registration, runner, state
+from agent import __version__, logon, prompts, registration, runner, state, status_view
 from agent.cloud import AgentGone, AgentView, CaClient
 from agent.directory import DirectoryError, DirectoryMisconfigured, Verdict
 from agent.errors import AgentError
@@ -41,7 +40,6 @@ from agent.settings import (
     load_settings,
     name_directory_setting,
 )
-from agent.signin import DeviceCode, DeviceCodeLogin, Login, PasswordLogin
 from agent.sync import SyncReport, UserSource, describe_skips, sync_once
 from common import logs
 
@@ -206,7 +204,7 @@ def register(
     _configure_logs(settings)
     with _operational():  # before asking anyone to sign in
         state.ensure_can_register(settings.state_dir, force=force)
-    login = _login(device_code, username, password_stdin)
+    login = prompts.login_method(device_code, username, password_stdin)
     with _operational():
         saved = _run(
             registration.register(
@@ -225,7 +223,7 @@ def register(
     click.echo(f"Registered agent {record.agent_id}")
     click.echo(f"  tenant       {record.tenant_id} ({tenant})")
     click.echo(f"  host         {record.host}")
-    click.echo(f"  certificate  valid until {_when(saved.not_after)}")
+    click.echo(f"  certificate  valid until {status_view.when(saved.not_after)}")
     click.echo(f"  state folder {settings.state_dir}")
     click.echo(f"Start it with: pta-agent run --state-dir {settings.state_dir}")
 
@@ -266,13 +264,13 @@ def status(state_dir: Path | None, as_json: bool) -> None:
         problem = f"The cloud's view is unknown: {exc}"
     if expired:
         problem = (
-            f"The certificate expired at {_when(loaded.not_after)}: register the agent "
+            f"The certificate expired at {status_view.when(loaded.not_after)}: register the agent "
             "again with `pta-agent register --force`. " + problem
         ).strip()
     if as_json:
-        click.echo(orjson.dumps(_status_document(loaded, view, problem, now)).decode())
+        click.echo(orjson.dumps(status_view.status_document(loaded, view, problem, now)).decode())
     else:
-        _print_status(loaded, view, now)
+        status_view.print_status(loaded, view, now)
     if problem:
         raise _OperationalFailure(problem)
 
@@ -298,7 +296,7 @@ def unregister(
     """
     settings = _settings(state_dir=state_dir)
     _configure_logs(settings)
-    login = _login(device_code, username, password_stdin)
+    login = prompts.login_method(device_code, username, password_stdin)
     with _operational():
         loaded = state.load(settings.state_dir)
         done = _run(registration.unregister(loaded, login=login, timeout_s=settings.http_timeout_s))
@@ -367,7 +365,7 @@ def test_logon(username: str, state_dir: Path | None) -> None:
     settings = _settings(state_dir=state_dir)
     _configure_logs(settings)
     directory = _directory_settings(settings)
-    password = _read_password(source="test-logon")
+    password = prompts.read_password(source="test-logon")
     result = _run(_test_logon(directory, username, password))
     click.echo(logon.format_result(result))
     sys.exit(logon.exit_code(result.verdict))
@@ -482,43 +480,6 @@ async def _self_view(loaded: state.Registration, settings: Settings) -> AgentVie
         return await ca.self_view()
 
 
-def _login(device_code: bool, username: str | None, password_stdin: bool) -> Login:
-    """The sign-in method the options ask for; reads the password before any network."""
-    if device_code and (username is not None or password_stdin):
-        raise click.UsageError(
-            "--device-code and --username/--password-stdin are two ways to sign in: use one."
-        )
-    if password_stdin and username is None:
-        raise click.UsageError("--password-stdin needs --username (the admin's UPN).")
-    if username is not None and not password_stdin:
-        raise click.UsageError(
-            "--username needs --password-stdin: the password is read from standard input, "
-            "never from the command line."
-        )
-    if username is not None:
-        return PasswordLogin(username=username, password=_read_password())
-    return DeviceCodeLogin(show=_show_device_code)
-
-
-def _read_password(source: str = "--password-stdin") -> str:
-    """One password from standard input: prompted without echo on a terminal, else the
-    first line. ``source`` names the option or command in the usage error."""
-    stream = sys.stdin
-    if stream.isatty():
-        password = getpass.getpass("Password: ")  # no echo; prompts on the terminal
-    else:
-        password = stream.readline().removesuffix("\n").removesuffix("\r")
-    if not password:
-        raise click.UsageError(f"{source}: standard input held no password.")
-    return password
-
-
-def _show_device_code(device: DeviceCode) -> None:
-    click.echo(device.message, err=True)
-    minutes = max(1, round(device.expires_in_s / 60))
-    click.echo(f"Waiting for the sign-in (the code expires in {minutes} min)...", err=True)
-
-
 def _settings(**overrides: Any) -> Settings:
     try:
         return load_settings(**overrides)
@@ -569,64 +530,3 @@ def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         return None
     return uvloop.new_event_loop
-
-
-def _when(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _status_document(
-    loaded: state.Registration, view: AgentView | None, problem: str, now: dt.datetime
-) -> dict[str, Any]:
-    record = loaded.record
-    cloud: dict[str, Any] = {"reachable": view is not None}
-    if view is not None:
-        cloud.update(view.model_dump(mode="json"))
-    return {
-        "state_dir": str(loaded.dir.path),
-        "agent_id": record.agent_id,
-        "tenant_id": record.tenant_id,
-        "host": record.host,
-        "ca_url": record.ca_url,
-        "version": record.version,
-        "registered_at": record.registered_at.isoformat(),
-        "kid": loaded.kid,
-        "certificate": {
-            "serial": format(loaded.certificate.serial_number, "x"),
-            "not_after": loaded.not_after.isoformat(),
-            "expired": loaded.not_after <= now,
-            "days_left": (loaded.not_after - now).days,
-        },
-        "cloud": cloud,
-        "ok": not problem,
-        "problem": problem or None,
-    }
-
-
-def _print_status(loaded: state.Registration, view: AgentView | None, now: dt.datetime) -> None:
-    record = loaded.record
-    left = loaded.not_after - now
-    cert = (
-        f"valid until {_when(loaded.not_after)} ({left.days} days left)"
-        if left.total_seconds() > 0
-        else f"EXPIRED at {_when(loaded.not_after)}"
-    )
-    rows = [
-        ("agent", record.agent_id),
-        ("tenant", record.tenant_id),
-        ("host", record.host),
-        ("registered", _when(record.registered_at)),
-        ("CA", record.ca_url),
-        ("certificate", cert),
-    ]
-    if view is not None:
-        seen = (
-            f"last heartbeat {_when(view.last_heartbeat_at)}"
-            if view.last_heartbeat_at is not None
-            else "no heartbeat yet"
-        )
-        rows.append(("cloud", f"{view.status}, {seen}"))
-    else:
-        rows.append(("cloud", "unknown (see below)"))
-    for name, value in rows:
-        click.echo(f"{name:<12} {value}")

@@ -22,7 +22,7 @@ import pytest
 import structlog
 from click.testing import CliRunner, Result
 
-from agent import cli, registration, runner
+from agent import cli, prompts, registration, runner
 from agent.cloud import AgentNotFound, AgentView, IssuedCertificate
 from agent.directory import DirectoryMisconfigured, DirectoryUnavailable, FakeDirectory
 from agent.https import Unreachable
@@ -301,7 +301,7 @@ def test_password_is_never_printed_or_logged(
 
 
 def test_device_code_message_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    cli._show_device_code(
+    prompts.show_device_code(
         DeviceCode(
             device_code="d", user_code="WXYZ-1234", verification_uri="https://sts.test/device",
             expires_in_s=900, interval_s=5,
