@@ -8,7 +8,8 @@ requests (decrypt, validate against the directory, reply with a MAC), sends hear
 bootstraps again before the credentials expire and syncs the directory's users to the
 cloud periodically; ``sync`` does that sync once, ``test-logon`` checks one username and
 password against the directory, ``status`` and ``unregister`` show and end a
-registration. Certificate renewal arrives with a later issue.
+registration. The agent does not renew its certificate yet: it logs ``renewal_due``
+from 30 days before expiry and must be registered again when the certificate expires.
 
 Modules, one concept each: ``cli`` (commands), ``settings`` (``PTA_AGENT_*``), ``state``
 (the state folder), ``https`` (pinned HTTPS and its errors), ``signin`` (admin tokens

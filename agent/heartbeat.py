@@ -4,7 +4,7 @@ The first heartbeat goes at once, so the cloud shows the agent active as soon as
 starts; then one per interval. The interval is the operator's setting
 (``PTA_AGENT_HEARTBEAT_INTERVAL_S``) when given, else the CA's (bootstrap answer, then
 each heartbeat answer). A heartbeat answer with ``renew: true`` is logged as
-``renewal_due``: renewal itself arrives with a later issue.
+``renewal_due`` (the agent cannot renew its certificate yet: an operator registers it again).
 
 A failed heartbeat is logged and the loop goes on (a CA outage must not stop sign-ins);
 only an answer saying the cloud no longer accepts this agent (revoked, superseded,

@@ -246,7 +246,7 @@ class Stack:
         return self.state_dir / "stack.json"
 
     def stack_json(self) -> dict[str, Any]:
-        """The stack.json document (DESIGN.md "Running it"); later issues add services."""
+        """The stack.json document (DESIGN.md "Running it"): URLs, CA bundle, demo logins."""
         p = self.layout.ports
         return {
             "sts_url": self.services.sts_url,

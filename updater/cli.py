@@ -1,4 +1,4 @@
-"""`pta-updater` command line. The update service is not built yet; say so plainly."""
+"""`pta-updater` command line. The update service is not built: the command says so plainly."""
 
 from __future__ import annotations
 

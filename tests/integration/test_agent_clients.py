@@ -5,7 +5,7 @@ device code and token endpoints over real TLS (service TLS CA, optional client
 certificates from a PTA CA, both made with common.pki), so these tests cover what the
 unit tests cannot: TLS pinning and its error messages, mutual TLS, the exact requests
 sent, device code polling, and register -> status -> unregister through the CLI.
-The lead's tests against the real CA and STS complement them; ``FakeCloud`` is also used
+tests/integration/test_ca_*.py and tests/e2e cover the real CA and STS; ``FakeCloud`` is also used
 by test_agent_runner.py.
 """
 
