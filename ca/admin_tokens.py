@@ -31,9 +31,9 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.bodies import is_canonical_uuid
 from ca.errors import InsufficientRole, InvalidToken, StsUnavailable
 from common.contracts import ADMIN_ROLE, CA_AUDIENCE
+from common.encoding import is_canonical_uuid
 
 ALGORITHMS: Final = ("ES256",)
 """The only JWS algorithm accepted (STYLE.md section 3: explicit allow-list)."""

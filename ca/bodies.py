@@ -11,13 +11,13 @@ by ``json_response``; datetimes come out as RFC 3339 UTC (``...Z``).
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from typing import Annotated, Final, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from ca.errors import InvalidRequest
+from common.encoding import is_canonical_uuid
 
 MAX_BODY_BYTES: Final = 64 * 1024
 """Largest request body read at all (a CSR is capped at 8 KiB by ``common.pki``)."""
@@ -139,14 +139,6 @@ def json_response(answer: msgspec.Struct, *, status: int = 200) -> web.Response:
     return web.Response(
         body=msgspec.json.encode(answer), status=status, content_type="application/json"
     )
-
-
-def is_canonical_uuid(value: str) -> bool:
-    """True for the lowercase hyphenated form ``str(uuid.UUID(...))`` prints, only."""
-    try:
-        return str(uuid.UUID(value)) == value
-    except (ValueError, TypeError, AttributeError):
-        return False
 
 
 # -- POST /agents/sync (ca.sync) -------------------------------------------------------------

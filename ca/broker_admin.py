@@ -22,7 +22,6 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from ca.bodies import is_canonical_uuid
 from ca.errors import BrokerUnavailable
 from common.contracts import (
     REPLY_EXCHANGE,
@@ -31,6 +30,7 @@ from common.contracts import (
     VHOST,
     tenant_queue,
 )
+from common.encoding import is_canonical_uuid
 
 _OK: Final = frozenset({200, 201, 204})
 

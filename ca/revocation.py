@@ -29,12 +29,12 @@ from aiohttp import web
 
 from ca import queries
 from ca.authority import Authority, serial_int
-from ca.bodies import is_canonical_uuid
 from ca.errors import AgentNotFound
 from ca.mtls import PTA_ISSUER
 from ca.resources import BROKER, CLOCK, POOL, VERIFIER, Clock
 from common import pki
 from common.contracts import agent_broker_user
+from common.encoding import is_canonical_uuid
 
 log = structlog.get_logger("ca.revocation")
 

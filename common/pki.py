@@ -34,7 +34,6 @@ import os
 import secrets
 import stat
 import uuid
-from base64 import urlsafe_b64encode
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from common.encoding import b64url, is_canonical_uuid
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 """Private key types this project uses: RSA for agents, EC P-256 for CAs and servers."""
@@ -213,7 +214,7 @@ def spki_der(public_key: PublicKeyTypes) -> bytes:
 def spki_sha256_kid(public_key: PublicKeyTypes) -> str:
     """Key id of DESIGN.md: base64url, unpadded, of SHA-256 over the DER SPKI."""
     digest = hashlib.sha256(spki_der(public_key)).digest()
-    return urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url(digest)
 
 
 def certificate_pem(cert: x509.Certificate) -> bytes:
@@ -791,13 +792,13 @@ def _check_issuer(
 
 def _canonical_uuid(value: str, what: str) -> str:
     """Accept only the canonical lowercase 8-4-4-4-12 form: the CN must match the DB."""
+    if is_canonical_uuid(value):
+        return value
     try:
         parsed = uuid.UUID(value)
     except (ValueError, TypeError, AttributeError) as exc:
         raise IdentifierInvalid(f"The {what} is not a UUID.") from exc
-    if str(parsed) != value:
-        raise IdentifierInvalid(f"The {what} must be written {parsed}.")
-    return value
+    raise IdentifierInvalid(f"The {what} must be written {parsed}.")
 
 
 def _identity_uuid(value: str | bytes, where: str) -> str:

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ldap3.utils.dn import escape_rdn
+
 from common.ppolicy import PERMANENT_LOCK_TIME
 from infra.demo import Demo, DemoTenant, DemoUser, UserState
 
@@ -120,24 +122,9 @@ def entry(dn: str, attrs: Attrs) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def escape_rdn_value(value: str) -> str:
-    """Escape an attribute value for use in a DN (RFC 4514 2.4)."""
-    out = []
-    for i, char in enumerate(value):
-        if char in ',+"\\<>;=' or (char == "#" and i == 0) or (char == " " and i == 0):
-            out.append("\\" + char)
-        elif char == " " and i == len(value) - 1:
-            out.append("\\ ")
-        elif char == "\0":
-            out.append("\\00")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
 def user_dn(tenant: DemoTenant, uid: str) -> str:
     """The DN of a tenant's user (named or bulk)."""
-    return f"uid={escape_rdn_value(uid)},{tenant.people_dn}"
+    return f"uid={escape_rdn(uid)},{tenant.people_dn}"
 
 
 # --- cn=config -----------------------------------------------------------------------

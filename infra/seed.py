@@ -12,9 +12,8 @@ import uuid
 import asyncpg
 from argon2 import PasswordHasher
 
+from common.contracts import ADMIN_ROLE
 from infra.demo import Demo
-
-ADMIN_ROLE = "hybrid_identity_admin"
 
 
 async def seed_cloud(conn: asyncpg.Connection, demo: Demo) -> None:

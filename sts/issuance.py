@@ -26,7 +26,6 @@ Authorization rests on `roles`; delegated scopes (`scp`) are not modelled yet.
 
 from __future__ import annotations
 
-import base64
 import secrets
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -35,6 +34,7 @@ import orjson
 from aiohttp import web
 
 from common.contracts import AGENT_CLIENT_ID, CA_AUDIENCE, CA_SCOPE
+from common.encoding import b64url
 from sts.errors import InvalidScope
 from sts.signing import SigningKeys
 
@@ -114,7 +114,7 @@ def parse_scope(raw: str | None, client_id: str) -> Scope:
 
 
 def _b64url_json(value: dict[str, str]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode("ascii")
+    return b64url(orjson.dumps(value))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ import hmac
 import re
 from typing import Final
 
+from common.encoding import b64url
+
 S256: Final = "S256"
 VERIFIER_MIN: Final = 43
 VERIFIER_MAX: Final = 128
@@ -43,12 +45,12 @@ def is_valid_challenge(challenge: str) -> bool:
     except (binascii.Error, ValueError):
         return False
     # The last character has 2 unused bits; only one spelling of 32 bytes is canonical.
-    return len(raw) == 32 and _b64url(raw) == challenge
+    return len(raw) == 32 and b64url(raw) == challenge
 
 
 def s256(verifier: str) -> str:
     """The S256 challenge of `verifier`: BASE64URL(SHA256(ASCII(verifier)))."""
-    return _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
 def matches(verifier: str, challenge: str) -> bool:
@@ -56,7 +58,3 @@ def matches(verifier: str, challenge: str) -> bool:
     if not is_valid_verifier(verifier):
         return False
     return hmac.compare_digest(s256(verifier).encode("ascii"), challenge.encode("utf-8"))
-
-
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")

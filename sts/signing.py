@@ -14,7 +14,6 @@ names exactly one public key whoever computes it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from common import pki
+from common.encoding import b64url
 from sts.errors import StsError
 
 ALGORITHM = "ES256"
@@ -38,18 +38,14 @@ class SigningKeyError(StsError):
         super().__init__(f"{detail} {default}")
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def public_jwk(public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
     """The JWK members of a P-256 public key (RFC 7518 section 6.2.1), without kid."""
     numbers = public_key.public_numbers()
     return {
         "kty": "EC",
         "crv": "P-256",
-        "x": _b64url(numbers.x.to_bytes(32, "big")),
-        "y": _b64url(numbers.y.to_bytes(32, "big")),
+        "x": b64url(numbers.x.to_bytes(32, "big")),
+        "y": b64url(numbers.y.to_bytes(32, "big")),
     }
 
 
@@ -57,7 +53,7 @@ def jwk_thumbprint(jwk: Mapping[str, str]) -> str:
     """RFC 7638 thumbprint of an EC JWK: SHA-256 of the required members, sorted, compact."""
     required = {name: jwk[name] for name in ("crv", "kty", "x", "y")}
     canonical = orjson.dumps(required, option=orjson.OPT_SORT_KEYS)
-    return _b64url(hashlib.sha256(canonical).digest())
+    return b64url(hashlib.sha256(canonical).digest())
 
 
 @dataclass(frozen=True, slots=True)
