@@ -1,10 +1,11 @@
 """Server-rendered HTML pages: plain forms, no JavaScript, every value escaped.
 
 The device login form, its result page, the error page of browser routes, and the
-sign-in pages of the authorize flow (username, password, form_post answer). Templates
-are `string.Template`s filled only through `_fill` or `html.escape`, which escape every
-value (quotes included), so nothing a user typed can become markup. The password field
-is never given a value: a password is never echoed into a page.
+sign-in pages of the authorize flow (username, password, form_post answer). The pages are
+Jinja2 templates in ``sts/templates`` rendered with autoescaping on for every template, so
+every value is escaped (quotes included) unless a template marks it safe, which only the
+form_post page does for its constant script; nothing a user typed can become markup. The
+password field is never given a value: a password is never echoed into a page.
 
 Responses carry `Cache-Control: no-store` and a strict Content-Security-Policy (no
 scripts, forms post only to this site, no framing: clickjacking would let another site
@@ -17,12 +18,26 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from string import Template
+from typing import Any
 
+import jinja2
 from aiohttp import web
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("sts", "templates"),
+    # Every template, whatever its name: escaping is the default, never a choice per page.
+    autoescape=True,
+    # A misspelt placeholder is an error at the first render (every page has a unit test),
+    # never an empty string in production.
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+def _render(name: str, **values: Any) -> str:
+    return _TEMPLATES.get_template(name).render(**values)
 
 
 def content_security_policy(*, form_action: Sequence[str] = (), script: str | None = None) -> str:
@@ -52,94 +67,36 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 
-_LAYOUT = Template("""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>$title</title>
-<style>
-body { font-family: system-ui, sans-serif; max-width: 28rem; margin: 3rem auto; padding: 0 1rem; }
-label { display: block; margin-top: 1rem; }
-input[type=text], input[type=password] { width: 100%; padding: .4rem; box-sizing: border-box; }
-.error { color: #a4262c; border-left: 3px solid #a4262c; padding-left: .6rem; }
-.meta { color: #555; font-size: .85rem; }
-button { margin-top: 1.2rem; padding: .4rem 1.2rem; }
-</style>
-</head>
-<body>
-<h1>$title</h1>
-$body
-</body>
-</html>
-""")
-
-_DEVICE_LOGIN = Template("""<p>Enter the code displayed on your device, then sign in with your
-administrator account to allow it.</p>
-$error
-<form method="post" action="/devicelogin">
-<input type="hidden" name="csrf_token" value="$csrf_token">
-<label>Code <input type="text" name="user_code" value="$user_code" maxlength="16"
- autocomplete="one-time-code" autocapitalize="characters" required autofocus></label>
-<label>Username <input type="text" name="username" value="$username" maxlength="256"
- autocomplete="username" required></label>
-<label>Password <input type="password" name="password" maxlength="256"
- autocomplete="current-password" required></label>
-<button type="submit" name="action" value="approve">Sign in and allow</button>
-<button type="submit" name="action" value="deny">Sign in and deny</button>
-</form>
-""")
-
-_ERROR_NOTE = Template('<p class="error" role="alert">$message</p>')
-
-_RESULT = Template("<p>$message</p>\n<p>You can close this window.</p>\n")
-
-_ERROR = Template("""<p class="error" role="alert">$message</p>
-<p class="meta">Error code: $code<br>Correlation ID: $correlation_id<br>Timestamp: $timestamp</p>
-""")
-
-
-def _fill(template: Template, values: Mapping[str, str]) -> str:
-    """Substitute every placeholder with its HTML-escaped value."""
-    return template.substitute({k: html.escape(v, quote=True) for k, v in values.items()})
-
-
-def _layout(title: str, body_html: str) -> str:
-    # body_html was built by _fill: already escaped.
-    return _LAYOUT.substitute(title=html.escape(title, quote=True), body=body_html)
-
 
 def device_login_page(
     *, csrf_token: str, user_code: str = "", username: str = "", error: str = ""
 ) -> str:
     """The device login form, optionally with an error and the user's earlier input."""
-    note = _fill(_ERROR_NOTE, {"message": error}) if error else ""
-    body = _DEVICE_LOGIN.substitute(
-        error=note,
-        csrf_token=html.escape(csrf_token, quote=True),
-        user_code=html.escape(user_code, quote=True),
-        username=html.escape(username, quote=True),
+    return _render(
+        "device_login.html",
+        title="Sign in to your device",
+        csrf_token=csrf_token,
+        user_code=user_code,
+        username=username,
+        error=error,
     )
-    return _layout("Sign in to your device", body)
 
 
 def result_page(*, title: str, message: str) -> str:
     """A final page: the device was allowed or denied."""
-    return _layout(title, _fill(_RESULT, {"message": message}))
+    return _render("result.html", title=title, message=message)
 
 
 def error_page(*, code: str, message: str, correlation_id: str, timestamp: str) -> str:
     """The error page of browser routes: what went wrong and the ids support needs."""
-    body = _fill(
-        _ERROR,
-        {
-            "message": message,
-            "code": code,
-            "correlation_id": correlation_id,
-            "timestamp": timestamp,
-        },
+    return _render(
+        "error.html",
+        title="Sign-in failed",
+        message=message,
+        code=code,
+        correlation_id=correlation_id,
+        timestamp=timestamp,
     )
-    return _layout("Sign-in failed", body)
 
 
 def html_response(
@@ -173,66 +130,6 @@ class Notice:
     timestamp: str = ""
 
 
-_NOTICE = Template('<div class="error" role="alert" id="notice"><p>$message</p></div>\n')
-
-_NOTICE_WITH_IDS = Template("""<div class="error" role="alert" id="notice">
-<p>$code: $message</p>
-<p class="meta">Correlation ID: $correlation_id<br>Timestamp: $timestamp</p>
-</div>
-""")
-
-_HIDDEN = Template('<input type="hidden" name="$name" value="$value">\n')
-
-_SIGN_IN_USERNAME = Template("""<p>to continue to <strong>$app_name</strong></p>
-$notice<form method="post" action="$action">
-$hidden<label for="username">Username (for example alex@contoso.com)</label>
-<input type="text" id="username" name="username" value="$username" maxlength="$max"
- autocomplete="username" autocapitalize="none" spellcheck="false" required autofocus$invalid>
-<button type="submit">Next</button>
-</form>
-""")
-
-_SIGN_IN_PASSWORD = Template("""<p>Signing in to <strong>$app_name</strong> as</p>
-<p><strong id="account">$username</strong></p>
-$notice<form method="post" action="$action">
-$hidden<label for="password">Password</label>
-<input type="password" id="password" name="password" maxlength="$max"
- autocomplete="current-password" required autofocus$invalid>
-<button type="submit">Sign in</button>
-</form>
-<p><a href="$restart">Sign in with another account</a></p>
-""")
-
-_FORM_POST = Template("""<form method="post" action="$action">
-$hidden<noscript><p>Scripts are off in this browser. Press Continue to finish signing in.</p>
-<button type="submit">Continue</button></noscript>
-</form>
-<script>$script</script>
-""")
-
-_INVALID = ' aria-invalid="true" aria-describedby="notice"'
-
-
-def _notice(notice: Notice | None) -> str:
-    if notice is None:
-        return ""
-    if not notice.code:
-        return _fill(_NOTICE, {"message": notice.message})
-    return _fill(
-        _NOTICE_WITH_IDS,
-        {
-            "code": notice.code,
-            "message": notice.message,
-            "correlation_id": notice.correlation_id,
-            "timestamp": notice.timestamp,
-        },
-    )
-
-
-def _hidden(fields: Mapping[str, str]) -> str:
-    return "".join(_fill(_HIDDEN, {"name": k, "value": v}) for k, v in fields.items())
-
-
 def sign_in_username_page(
     *,
     action: str,
@@ -243,16 +140,16 @@ def sign_in_username_page(
     notice: Notice | None = None,
 ) -> str:
     """The first sign-in page: who are you (prefilled from login_hint or earlier input)."""
-    body = _SIGN_IN_USERNAME.substitute(
-        app_name=html.escape(app_name, quote=True),
-        notice=_notice(notice),
-        action=html.escape(action, quote=True),
-        hidden=_hidden(hidden),
-        username=html.escape(username, quote=True),
-        max=str(username_max),
-        invalid=_INVALID if notice else "",
+    return _render(
+        "sign_in_username.html",
+        title="Sign in",
+        action=action,
+        hidden=hidden,
+        app_name=app_name,
+        username=username,
+        username_max=username_max,
+        notice=notice,
     )
-    return _layout("Sign in", body)
 
 
 def sign_in_password_page(
@@ -266,23 +163,26 @@ def sign_in_password_page(
     notice: Notice | None = None,
 ) -> str:
     """The second sign-in page: the account, an empty password field, "Sign in"."""
-    body = _SIGN_IN_PASSWORD.substitute(
-        app_name=html.escape(app_name, quote=True),
-        username=html.escape(username, quote=True),
-        notice=_notice(notice),
-        action=html.escape(action, quote=True),
-        hidden=_hidden(hidden),
-        max=str(password_max),
-        invalid=_INVALID if notice else "",
-        restart=html.escape(restart_url, quote=True),
+    return _render(
+        "sign_in_password.html",
+        title="Enter password",
+        action=action,
+        hidden=hidden,
+        app_name=app_name,
+        username=username,
+        restart_url=restart_url,
+        password_max=password_max,
+        notice=notice,
     )
-    return _layout("Enter password", body)
 
 
 def form_post_page(*, action: str, fields: Mapping[str, str]) -> str:
     """OAuth 2.0 Form Post Response Mode: the answer posted to the client by the browser
     (auto-submitted; a Continue button without scripts)."""
-    body = _FORM_POST.substitute(
-        action=html.escape(action, quote=True), hidden=_hidden(fields), script=AUTO_SUBMIT_SCRIPT
+    return _render(
+        "form_post.html",
+        title="Signing in",
+        action=action,
+        fields=fields,
+        script=AUTO_SUBMIT_SCRIPT,
     )
-    return _layout("Signing in", body)

@@ -770,7 +770,7 @@ async def test_xss_in_the_username_and_state_is_escaped(world: World) -> None:
     r = await post(sts, action, {**fields, "username": hostile})
     page = await r.text()
     assert "<script>" not in page
-    assert "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;@" in page
+    assert "&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;@" in page
     action, fields = form_of(page)
     assert fields["username"] == hostile  # escaped in HTML, intact as data
     r = await post(sts, action, {**fields, "password": WRONG})

@@ -32,7 +32,7 @@ def test_username_page_escapes_everything_and_labels_the_field() -> None:
         notice=Notice(HOSTILE),
     )
     assert "<script>" not in page
-    assert page.count("&quot;&gt;&lt;script&gt;") == 5
+    assert page.count("&#34;&gt;&lt;script&gt;") == 5
     assert '<label for="username">' in page and 'id="username"' in page
     assert 'aria-describedby="notice"' in page and 'role="alert"' in page
 

@@ -18,7 +18,7 @@ HOSTILE = '"><script>alert(1)</script>'
 def test_device_login_page_escapes_what_the_user_typed() -> None:
     page = device_login_page(csrf_token=HOSTILE, user_code=HOSTILE, username=HOSTILE, error=HOSTILE)
     assert "<script>" not in page
-    assert page.count("&quot;&gt;&lt;script&gt;") == 4
+    assert page.count("&#34;&gt;&lt;script&gt;") == 4
 
 
 def test_the_password_field_never_has_a_value() -> None:
