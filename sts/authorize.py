@@ -59,7 +59,7 @@ from sts import pkce
 from sts.clients import Client, resolve_client
 from sts.codes import REDIRECT_URI_MAX, AuthorizedUser, CodeRequest, Codes
 from sts.correlation import context_of
-from sts.devicelogin import CSRF_FIELD, check_csrf, csrf_cookie_token, with_csrf_cookie
+from sts.csrf import CSRF_FIELD, check_csrf, csrf_cookie_token, with_csrf_cookie
 from sts.errors import (
     BROWSER_ROUTE_PREFIX,
     NO_STORE,

@@ -55,6 +55,7 @@ from sts import pkce
 from sts.clients import Client
 from sts.errors import GrantError, InvalidParameter, InvalidScope
 from sts.forms import Form
+from sts.grants import AUTHORIZATION_CODE_GRANT
 from sts.issuance import ISSUER, Scope, TokenIssuer, parse_scope
 from sts.queries import (
     DATABASE,
@@ -69,10 +70,6 @@ from sts.queries import (
 from sts.settings import SETTINGS
 from sts.signin import SignedInUser
 from sts.tenants import Tenant
-
-AUTHORIZATION_CODE_GRANT: Final = "authorization_code"
-REFRESH_TOKEN_GRANT: Final = "refresh_token"  # noqa: S105 -- a grant type name, not a secret
-CODE_GRANTS: Final = (AUTHORIZATION_CODE_GRANT, REFRESH_TOKEN_GRANT)
 
 SECRET_MAX: Final = 128  # ours are 43 characters; room for a client's own quoting
 REDIRECT_URI_MAX: Final = 2048

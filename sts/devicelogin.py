@@ -7,32 +7,25 @@ against the admins of the code's tenant, so another tenant's admin gets AADSTS50
 A wrong password is 50126. Either way the form comes back with the message, the code and
 username kept and the password field empty (never echoed).
 
-CSRF (a hostile page must not submit this form with a victim's browser): a
-double-submit token. `GET` sets a random token in a cookie (`__Host-pta-csrf` over
-HTTPS: Secure, Path=/, no Domain, so a sibling host cannot plant it; HttpOnly,
-SameSite=Strict) and in a hidden field; `POST` requires both, equal (compared in
-constant time), and refuses a cross-origin `Origin` header. Stateless, so any replica
-checks it. A failed check is an HTML error page (AADSTS90100), not the form.
+CSRF: `sts.csrf` (double-submit cookie and Origin check); a failed check is an HTML
+error page (AADSTS90100), not the form.
 """
 
 from __future__ import annotations
 
-import hmac
-import re
 import secrets
 import uuid
 from collections.abc import Callable
 from typing import Final
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 
 from sts.correlation import bind_tenant
+from sts.csrf import CSRF_FIELD, check_csrf, csrf_cookie_token, with_csrf_cookie
 from sts.devicecode import DEVICE_FLOW, DeviceFlow, normalize_user_code
 from sts.errors import (
     BROWSER_ROUTE_PREFIX,
-    CsrfRejected,
     InvalidCredentials,
     InvalidParameter,
     SmartLockout,
@@ -41,10 +34,6 @@ from sts.errors import (
 from sts.forms import PASSWORD_MAX, SHORT_MAX, USERNAME_MAX, read_form
 from sts.pages import device_login_page, html_response, result_page
 from sts.settings import SETTINGS
-
-CSRF_FIELD: Final = "csrf_token"
-CSRF_MAX_AGE_S: Final = 3600
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{43}$")  # secrets.token_urlsafe(32)
 
 LOGIN_FIELDS: Final = {
     CSRF_FIELD: SHORT_MAX,
@@ -58,49 +47,6 @@ CODE_NOT_FOUND: Final = (
     "That code was not recognised, has expired or was already used. "
     "Check the code on your device, or start again there."
 )
-
-
-def csrf_cookie_name(is_https: bool) -> str:
-    """`__Host-` cookies must be Secure, so the prefix is used over HTTPS only."""
-    return "__Host-pta-csrf" if is_https else "pta-csrf"
-
-
-def csrf_cookie_token(request: web.Request, is_https: bool) -> str | None:
-    """The browser's CSRF token from its cookie, if it has a well-formed one."""
-    value = request.cookies.get(csrf_cookie_name(is_https))
-    return value if value and _TOKEN.match(value) else None
-
-
-def with_csrf_cookie(response: web.Response, token: str, is_https: bool) -> web.Response:
-    """Set (or refresh) the CSRF cookie on a page that carries `token` in its form."""
-    response.set_cookie(
-        csrf_cookie_name(is_https),
-        token,
-        max_age=CSRF_MAX_AGE_S,
-        path="/",
-        secure=is_https,
-        httponly=True,
-        samesite="Strict",
-    )
-    return response
-
-
-def check_csrf(request: web.Request, submitted: str | None, *, public_url: str) -> str:
-    """The request's CSRF token, if the form and the cookie agree; raises CsrfRejected."""
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != _origin(public_url):
-        raise CsrfRejected()
-    cookie = csrf_cookie_token(request, public_url.startswith("https://"))
-    if cookie is None or submitted is None:
-        raise CsrfRejected()
-    if not hmac.compare_digest(cookie.encode("ascii"), submitted.encode("utf-8")):
-        raise CsrfRejected()
-    return cookie
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def get_devicelogin(request: web.Request) -> web.Response:

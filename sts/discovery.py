@@ -18,15 +18,11 @@ import orjson
 from aiohttp import web
 
 from common.contracts import CA_SCOPE
-from sts.codes import CODE_GRANTS
+from sts.grants import SUPPORTED_GRANTS
 from sts.issuance import ISSUER, OIDC_SCOPES
 from sts.pkce import S256
 from sts.signing import ALGORITHM
 from sts.tenants import tenant_of
-
-DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-PASSWORD_GRANT = "password"  # noqa: S105 -- a grant type name, not a password
-SUPPORTED_GRANTS = (PASSWORD_GRANT, DEVICE_CODE_GRANT, *CODE_GRANTS)
 
 CLAIMS = "iss aud sub oid tid iat nbf exp nonce name preferred_username roles ver"
 

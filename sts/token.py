@@ -36,10 +36,9 @@ from aiohttp import web
 
 from sts.admins import ADMINS
 from sts.clients import Client, resolve_client
-from sts.codes import CODE_GRANTS, GRANT_FIELDS, AuthorizedUser, exchange
+from sts.codes import GRANT_FIELDS, AuthorizedUser, exchange
 from sts.correlation import context_of
 from sts.devicecode import DEVICE_FLOW, redeem
-from sts.discovery import PASSWORD_GRANT, SUPPORTED_GRANTS
 from sts.errors import NO_STORE, LegacyAuthenticationBlocked, OAuthError, UnsupportedGrantType
 from sts.forms import (
     CLIENT_ID_MAX,
@@ -52,6 +51,7 @@ from sts.forms import (
     Form,
     read_form,
 )
+from sts.grants import CODE_GRANTS, PASSWORD_GRANT, SUPPORTED_GRANTS
 from sts.issuance import ISSUER, Principal, Scope, parse_scope
 from sts.queries import DATABASE
 from sts.signin import PASSWORD_VALIDATOR, SignInContext

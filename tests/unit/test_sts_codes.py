@@ -11,7 +11,6 @@ import pytest
 
 from common import pki
 from sts.codes import (
-    CODE_GRANTS,
     GRANT_FIELDS,
     AuthorizationCodeRedeemed,
     AuthorizedUser,
@@ -22,6 +21,7 @@ from sts.codes import (
     new_secret,
 )
 from sts.errors import GrantError, InvalidScope
+from sts.grants import CODE_GRANTS
 from sts.issuance import TokenIssuer, parse_scope
 from sts.signin import SignedInUser
 from sts.signing import SigningKey, SigningKeys
