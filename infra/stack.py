@@ -55,7 +55,7 @@ class Stack:
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.is_root = os.geteuid() == 0
-        stored = self._load_layout(port_base, public_ip, data_root or stackuser.DEFAULT_ROOT)
+        stored = self._load_layout(port_base, public_ip, data_root)
         self.layout = Layout(self.state_dir, Ports.from_base(int(stored["port_base"])))
         self.public_ip = str(stored["public_ip"])
         user_dir = stored["stack_user_dir"]
@@ -96,7 +96,7 @@ class Stack:
     # -- layout persistence ------------------------------------------------------------
 
     def _load_layout(
-        self, requested: int | None, public_ip: str | None, data_root: Path
+        self, requested: int | None, public_ip: str | None, data_root: Path | None
     ) -> dict[str, Any]:
         """Port base, public address and data folder are fixed at the first `up`.
 
@@ -136,21 +136,24 @@ class Stack:
             os.replace(tmp, path)  # atomic: other stacks read it (stackuser.collect_orphans)
         return stored
 
-    def _stack_user_dir(self, stored: dict[str, Any], data_root: Path) -> str | None:
-        """The stack user's folder to record: the one recorded while it exists, else new."""
+    def _stack_user_dir(self, stored: dict[str, Any], data_root: Path | None) -> str | None:
+        """The stack user's folder to record in layout.json (None: in the state folder).
+
+        The recorded folder stays, unless a data root is asked for and the recorded one,
+        elsewhere, holds no cluster yet (the fix after StackUserCannotWrite).
+        """
         if not self.is_root:
             return None  # PostgreSQL runs as the invoking user, in the state folder
-        if (
-            "stack_user_dir" not in stored
-            and (self.state_dir / "postgres" / "data" / "PG_VERSION").exists()
-        ):
-            return None  # a cluster from before issue 9, where its user could reach it
-        recorded = stored.get("stack_user_dir", "")
-        if recorded and Path(recorded).is_dir():
-            return str(recorded)
-        if "stack_user_dir" in stored and recorded is None:
+        if "stack_user_dir" not in stored:
+            if (self.state_dir / "postgres" / "data" / "PG_VERSION").exists():
+                return None  # a cluster from before issue 9, where its user could reach it
+        elif stored["stack_user_dir"] is None:
             return None
-        return str(stackuser.choose(data_root, self.state_dir))
+        elif data_root is None or Path(stored["stack_user_dir"]).parent == data_root:
+            return str(stored["stack_user_dir"])
+        elif stackuser.has_cluster(Path(stored["stack_user_dir"])):
+            return str(stored["stack_user_dir"])
+        return str(stackuser.choose(data_root or stackuser.DEFAULT_ROOT, self.state_dir))
 
     # -- URLs ------------------------------------------------------------------------
 

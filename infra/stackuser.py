@@ -162,6 +162,20 @@ def prepare(folder: Path, state_dir: Path, *, durable: bool) -> None:
     os.chown(postgres, user.pw_uid, user.pw_gid, follow_symlinks=False)
     postgres.chmod(0o700, follow_symlinks=False)
     # The stack user makes its socket folder itself: that is the proof it can write.
+    try:
+        _probe(folder / "postgres")
+    except StackUserCannotWrite:
+        if not has_cluster(folder):
+            shutil.rmtree(folder, ignore_errors=True)  # so another data root can be chosen
+        raise
+
+
+def has_cluster(folder: Path) -> bool:
+    """True when the stack user's folder holds a PostgreSQL cluster."""
+    return (folder / "postgres" / "data" / "PG_VERSION").exists()
+
+
+def _probe(postgres: Path) -> None:
     probe = subprocess.run(
         [*as_stack_user(), "mkdir", "-p", "-m", "0700", "--", str(postgres / "run")],
         capture_output=True,

@@ -15,6 +15,7 @@ import asyncpg
 import psutil
 import pytest
 
+from infra import stackuser
 from infra.ports import free_port_base
 from infra.preflight import PortTaken
 from infra.server import StackError
@@ -252,6 +253,32 @@ async def test_up_stops_before_starting_when_the_stack_user_cannot_write() -> No
         assert "PTA_STACK_DATA_ROOT" in message  # the fix
         assert not s.supervisor.is_running()
         assert not (state / "supervisord.conf").exists()  # nothing was started
+        assert s.stack_user_dir is not None and not s.stack_user_dir.exists()
+        # The fix: another data root, taken by the next `up` since no cluster was made.
+        fixed = Stack(state, data_root=stackuser.DEFAULT_ROOT)
+        assert fixed.stack_user_dir is not None
+        assert fixed.stack_user_dir.parent == stackuser.DEFAULT_ROOT
     finally:
         s.purge()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs a server as the stack user")
+def test_a_copied_state_folder_does_not_share_the_data_a_moved_one_keeps_it(
+    tmp_path: Path,
+) -> None:
+    folder = stackuser.choose(stackuser.DEFAULT_ROOT, tmp_path / ".stack")
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    for state in (original, copy):
+        state.mkdir()
+        (state / "layout.json").write_text(f'{{"stack_user_dir": "{folder}"}}\n')
+    try:
+        stackuser.prepare(folder, original, durable=False)
+        with pytest.raises(StackError, match="copied from it"):
+            stackuser.prepare(folder, copy, durable=False)
+        (original / "layout.json").unlink()  # the original moved to `copy`: it takes over
+        stackuser.prepare(folder, copy, durable=False)
+        assert stackuser.remove(folder, original) is False
+        assert stackuser.remove(folder, copy) is True
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
