@@ -148,8 +148,8 @@ def prepare(folder: Path, state_dir: Path, *, durable: bool) -> None:
         if _refers_to(other, folder):
             raise StackError(
                 f"{folder} holds the data of the stack in {other}, and {state_dir} was "
-                f"copied from it; remove {state_dir / 'layout.json'} to give this copy "
-                f"a folder of its own"
+                f"copied from it; start the copy afresh with `pta-stack down --purge "
+                f"--state-dir {state_dir}` (the other stack's data is left alone)"
             )
     # A moved state folder takes its data along: it now owns the folder.
     _write_owner(folder, state_dir, durable=durable)

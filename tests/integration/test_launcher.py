@@ -276,6 +276,7 @@ def test_a_copied_state_folder_does_not_share_the_data_a_moved_one_keeps_it(
         stackuser.prepare(folder, original, durable=False)
         with pytest.raises(StackError, match="copied from it"):
             stackuser.prepare(folder, copy, durable=False)
+        assert stackuser.remove(folder, copy) is False  # the copy's purge leaves it
         (original / "layout.json").unlink()  # the original moved to `copy`: it takes over
         stackuser.prepare(folder, copy, durable=False)
         assert stackuser.remove(folder, original) is False
