@@ -381,8 +381,7 @@ async def _with_own_stack(
     try:
         return await run(stack.stack_json_path)
     finally:
-        stack.down()
-        shutil.rmtree(state, ignore_errors=True)
+        stack.purge()  # the state folder and, as root, PostgreSQL's data outside it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -422,7 +421,6 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.own_stack:
                 state = Path(tempfile.mkdtemp(prefix="pta-bench-"))
-                state.chmod(0o711)  # the postgres OS user must traverse it
                 doc = runner.run(_with_own_stack(state, bench_on))
             else:
                 doc = runner.run(bench_on(args.stack_json))

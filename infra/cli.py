@@ -3,10 +3,12 @@
     pta-stack up        start RabbitMQ, PostgreSQL and slapd privately, seed, write stack.json
     pta-stack status    one line per component: health, endpoint, detail
     pta-stack logs      list log files, or show one (`pta-stack logs rabbitmq -n 50`)
-    pta-stack down      stop everything the stack started
+    pta-stack down      stop everything the stack started (--purge: and delete its data)
 
 The state folder (default ./.stack, or PTA_STACK_DIR) holds data, logs, keys and
-stack.json; its ports are fixed at the first `up` (--port-base, default 27100).
+stack.json; its ports are fixed at the first `up` (--port-base, default 27100). As root,
+PostgreSQL runs as the stack user with its data outside the checkout, in a folder under
+/var/lib/pta-stack (PTA_STACK_DATA_ROOT) recorded in <state>/layout.json (infra.stackuser).
 """
 
 from __future__ import annotations
@@ -53,11 +55,30 @@ def main() -> None:
     "--ephemeral", is_flag=True, help="Trade durability for speed (fsync off): for tests."
 )
 @click.option("--no-install", is_flag=True, help="Do not apt-get install missing server packages.")
-def up(state_dir: Path, port_base: int | None, ephemeral: bool, no_install: bool) -> None:
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    envvar="PTA_STACK_DATA_ROOT",
+    help="As root: where PostgreSQL's data folder is made, outside the checkout, for the "
+    "stack user (default /var/lib/pta-stack; fixed at the first up).",
+)
+def up(
+    state_dir: Path,
+    port_base: int | None,
+    ephemeral: bool,
+    no_install: bool,
+    data_root: Path | None,
+) -> None:
     """Start the stack (idempotent) and write <state-dir>/stack.json."""
     console = _console()
     try:
-        stack = Stack(state_dir, port_base, durable=not ephemeral)
+        stack = Stack(
+            state_dir,
+            port_base,
+            durable=not ephemeral,
+            data_root=data_root.absolute() if data_root else None,
+        )
         report = asyncio.run(stack.up(install_packages=not no_install))
     except StackError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -74,14 +95,25 @@ def up(state_dir: Path, port_base: int | None, ephemeral: bool, no_install: bool
 
 @main.command()
 @state_dir_option
-def down(state_dir: Path) -> None:
-    """Stop every process the stack started."""
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Also delete the state folder and PostgreSQL's data folder: all data, demo "
+    "credentials and agents (the next up starts afresh).",
+)
+def down(state_dir: Path, purge: bool) -> None:
+    """Stop every process the stack started; the data stays for the next up."""
     if not (state_dir / "layout.json").exists():
         click.echo(f"no stack in {state_dir}")
         return
     stack = Stack(state_dir)
-    pids = stack.down()
+    pids = stack.purge() if purge else stack.down()
     click.echo(f"stopped {len(pids)} processes" if pids else "stack was not running")
+    if purge:
+        removed = [str(stack.state_dir)]
+        if stack.stack_user_dir is not None:
+            removed.append(str(stack.stack_user_dir))
+        click.echo(f"removed {' and '.join(removed)}")
 
 
 @main.command()

@@ -51,6 +51,7 @@ from ldap3.utils.dn import escape_rdn
 
 from common.ppolicy import PERMANENT_LOCK_TIME
 from infra.demo import Demo, DemoTenant, DemoUser, UserState
+from infra.server import StackError
 
 SUFFIX = "dc=test"
 POLICIES_DN = f"ou=policies,{SUFFIX}"
@@ -82,6 +83,18 @@ class ConfigPaths:
     args_file: Path
     tls_cert: Path
     tls_key: Path
+
+
+def _config_path(path: Path) -> str:
+    """A path as a cn=config value: slapd splits values at blanks unless double-quoted,
+    so a path with spaces is quoted. slapd 2.5 takes no escaped quote in olcDbDirectory:
+    a path with a double quote or backslash is refused here, with the fix."""
+    if '"' in str(path) or "\\" in str(path):
+        raise StackError(
+            f"slapd cannot use a path with a double quote or a backslash: {path}; "
+            f"move the checkout (or --state-dir) to a folder without them"
+        )
+    return f'"{path}"'
 
 
 def ssha(password: str, salt: bytes | None = None) -> str:
@@ -168,10 +181,10 @@ def config_ldif(
             [
                 ("objectClass", "olcGlobal"),
                 ("cn", "config"),
-                ("olcPidFile", str(paths.pid_file)),
-                ("olcArgsFile", str(paths.args_file)),
-                ("olcTLSCertificateFile", str(paths.tls_cert)),
-                ("olcTLSCertificateKeyFile", str(paths.tls_key)),
+                ("olcPidFile", _config_path(paths.pid_file)),
+                ("olcArgsFile", _config_path(paths.args_file)),
+                ("olcTLSCertificateFile", _config_path(paths.tls_cert)),
+                ("olcTLSCertificateKeyFile", _config_path(paths.tls_key)),
                 ("olcTLSProtocolMin", "3.3"),  # TLS 1.2 or later (STYLE.md section 3)
                 # Nothing to syslog (there is no syslogd here, and each failed syslog()
                 # costs a connect() per operation); errors reach stderr via `-d none`.
@@ -218,7 +231,7 @@ def config_ldif(
                 ("olcSuffix", SUFFIX),
                 ("olcRootDN", demo.ldap_admin_dn),
                 ("olcRootPW", ssha(demo.ldap_admin_password)),
-                ("olcDbDirectory", str(paths.data_dir)),
+                ("olcDbDirectory", _config_path(paths.data_dir)),
                 ("olcDbMaxSize", str(1 << 30)),  # the 10 MiB default fills at ~20k users
                 ("olcDbIndex", "objectClass eq"),
                 ("olcDbIndex", "uid eq"),

@@ -1,15 +1,16 @@
-"""A private PostgreSQL 15 cluster in the state folder, on its own loopback port.
+"""A private PostgreSQL 15 cluster on its own loopback port.
 
 initdb, pg_ctl and postgres refuse to run as root (INFRA-NOTES.md), so as root the cluster
-belongs to an unprivileged system user, `ptastack`, created on first use. After start,
-`configure` creates the application role and database and applies the migrations.
+belongs to the stack user, `ptastack`, and lives in that user's folder outside the
+checkout (infra.stackuser), which it can reach wherever the checkout is. Otherwise it
+runs as the invoking user in `<state>/postgres/`. After start, `configure` creates the
+application role and database and applies the migrations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import shutil
 import subprocess
 import time
@@ -19,25 +20,19 @@ from urllib.parse import quote
 import asyncpg
 
 from common import migrate
+from infra import stackuser
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-OS_USER = "ptastack"
+OS_USER = stackuser.OS_USER
 APP_ROLE = "pta"
 APP_DB = "pta"
 
 
-def _ensure_os_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(OS_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OS_USER],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        return pwd.getpwnam(OS_USER)
+def _list_item(path: Path) -> str:
+    """One item of a PostgreSQL list setting (unix_socket_directories): double-quoted,
+    so that a comma or a leading space in the path stays part of it."""
+    return '"' + str(path).replace('"', '""') + '"'
 
 
 class Postgres:
@@ -45,9 +40,18 @@ class Postgres:
 
     name = "postgres"
 
-    def __init__(self, layout: Layout, password: str, *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        password: str,
+        *,
+        durable: bool = True,
+        directory: Path | None = None,
+    ) -> None:
         self.layout = layout
-        self.dir = layout.server_dir("postgres")
+        # As root: the stack user's folder, prepared by infra.stackuser (owned by it).
+        self.dir = directory or layout.server_dir("postgres")
+        self.in_stack_user_dir = directory is not None
         self.data = self.dir / "data"
         self.sockets = self.dir / "run"
         self.password = password  # the same password for the superuser and the app role
@@ -70,26 +74,34 @@ class Postgres:
     # -- Server protocol ---------------------------------------------------------------
 
     def _as_owner(self) -> list[str]:
-        return (
-            ["setpriv", f"--reuid={OS_USER}", f"--regid={OS_USER}", "--init-groups"]
-            if (self.is_root)
-            else []
-        )
+        return stackuser.as_stack_user() if self.is_root else []
 
     def prepare(self) -> None:
         if (self.data / "PG_VERSION").exists():
             return
         if self.data.exists():
             shutil.rmtree(self.data)  # a half-made cluster from an interrupted first start
-        self.sockets.mkdir(parents=True, exist_ok=True)
-        pwfile = self.dir / "initdb.pw"
-        pwfile.write_text(self.password + "\n")
-        pwfile.chmod(0o600)
-        if self.is_root:
-            user = _ensure_os_user()
-            for path in (self.dir, self.sockets, pwfile):
-                os.chown(path, user.pw_uid, user.pw_gid)
-        self.dir.chmod(0o700)
+        if self.in_stack_user_dir:
+            # The stack user's folder: infra.stackuser made dir and its socket folder; the
+            # password file goes in the root-owned folder above, where no link can be
+            # planted, and is handed over by descriptor.
+            pwfile = self.dir.parent / "initdb.pw"
+            pwfile.unlink(missing_ok=True)
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            user = stackuser.ensure_os_user()
+            os.fchown(fd, user.pw_uid, user.pw_gid)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password + "\n")
+        else:
+            self.sockets.mkdir(parents=True, exist_ok=True)
+            pwfile = self.dir / "initdb.pw"
+            pwfile.write_text(self.password + "\n")
+            pwfile.chmod(0o600)
+            if self.is_root:  # a cluster in the state folder, made before issue 9
+                user = stackuser.ensure_os_user()
+                for path in (self.dir, self.sockets, pwfile):
+                    os.chown(path, user.pw_uid, user.pw_gid)
+            self.dir.chmod(0o700)
         try:
             result = subprocess.run(
                 [
@@ -121,7 +133,7 @@ class Postgres:
     def programs(self) -> list[Program]:
         settings = [
             "-c", "listen_addresses=127.0.0.1",
-            "-c", f"unix_socket_directories={self.sockets}",
+            "-c", f"unix_socket_directories={_list_item(self.sockets)}",
             "-c", "max_connections=200",
             "-c", "log_min_messages=warning",
         ]  # fmt: skip

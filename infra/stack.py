@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from infra import certs, preflight
+from infra import certs, preflight, stackuser
 from infra.demo import Demo, load_or_create
 from infra.postgres import Postgres
 from infra.rabbitmq import RabbitMQ
@@ -50,11 +51,17 @@ class Stack:
         durable: bool = True,
         with_services: bool = True,
         public_ip: str | None = None,
+        data_root: Path | None = None,
     ) -> None:
         self.state_dir = state_dir.resolve()
-        stored = self._load_layout(port_base, public_ip)
+        self.is_root = os.geteuid() == 0
+        stored = self._load_layout(port_base, public_ip, data_root)
         self.layout = Layout(self.state_dir, Ports.from_base(int(stored["port_base"])))
         self.public_ip = str(stored["public_ip"])
+        user_dir = stored["stack_user_dir"]
+        # Where PostgreSQL's data lives when it runs as the stack user (root); None: in
+        # the state folder, as the invoking user (or a cluster made before issue 9).
+        self.stack_user_dir = Path(user_dir) if user_dir else None
         self.durable = durable
         self.demo: Demo = load_or_create(self.state_dir / "demo.json")
         self.rabbitmq = RabbitMQ(
@@ -63,7 +70,12 @@ class Stack:
             self.demo.rabbitmq_admin_password,
             durable=durable,
         )
-        self.postgres = Postgres(self.layout, self.demo.postgres_password, durable=durable)
+        self.postgres = Postgres(
+            self.layout,
+            self.demo.postgres_password,
+            durable=durable,
+            directory=self.stack_user_dir / "postgres" if self.stack_user_dir else None,
+        )
         self.slapd = Slapd(self.layout, self.demo)
         self.supervisor = Supervisor(self.layout)
         self.with_services = with_services
@@ -83,18 +95,23 @@ class Stack:
 
     # -- layout persistence ------------------------------------------------------------
 
-    def _load_layout(self, requested: int | None, public_ip: str | None) -> dict[str, Any]:
-        """Port base and public address are fixed at the first `up` (<state>/layout.json).
+    def _load_layout(
+        self, requested: int | None, public_ip: str | None, data_root: Path | None
+    ) -> dict[str, Any]:
+        """Port base, public address and data folder are fixed at the first `up`.
 
-        `public_ip` is the loopback address the STS is reached at; `sts_https_443` records
-        whether the STS also listens on that address's port 443: MSAL's user realm
-        discovery drops the authority's port (msal/authority.py), so an unmodified MSAL
-        password flow needs the STS on 443 as Entra is.
+        They are kept in <state>/layout.json. `public_ip` is the loopback address the STS
+        is reached at; `sts_https_443` records whether the STS also listens on that
+        address's port 443: MSAL's user realm discovery drops the authority's port
+        (msal/authority.py), so an unmodified MSAL password flow needs the STS on 443 as
+        Entra is. `stack_user_dir` is the stack user's folder (infra.stackuser).
         """
         path = self.state_dir / "layout.json"
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        # Traversable but not listable: the postgres OS user must reach its own folder.
-        self.state_dir.chmod(0o711)
+        if not self.state_dir.exists():
+            # Private: nothing in it is for another user (the stack user's data is not
+            # in it), so the checkout's own modes never need widening.
+            self.state_dir.mkdir(parents=True)
+            self.state_dir.chmod(0o700)
         if path.exists():
             stored: dict[str, Any] = json.loads(path.read_text())
             stored.setdefault("public_ip", "127.0.0.1")
@@ -102,17 +119,41 @@ class Stack:
             if requested is not None and requested != stored["port_base"]:
                 raise StackError(
                     f"{self.state_dir} was created with --port-base {stored['port_base']}; "
-                    f"run `pta-stack down` and remove it to change ports"
+                    f"run `pta-stack down --purge` to start afresh with other ports"
                 )
-            return stored
-        ip = public_ip or "127.0.0.1"
-        layout = {
-            "port_base": requested if requested is not None else DEFAULT_PORT_BASE,
-            "public_ip": ip,
-            "sts_https_443": preflight.can_bind(ip, 443),
-        }
-        path.write_text(json.dumps(layout) + "\n")
-        return layout
+        else:
+            ip = public_ip or "127.0.0.1"
+            stored = {
+                "port_base": requested if requested is not None else DEFAULT_PORT_BASE,
+                "public_ip": ip,
+                "sts_https_443": preflight.can_bind(ip, 443),
+            }
+        user_dir = self._stack_user_dir(stored, data_root)
+        if "stack_user_dir" not in stored or stored["stack_user_dir"] != user_dir:
+            stored["stack_user_dir"] = user_dir
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stored) + "\n")
+            os.replace(tmp, path)  # atomic: other stacks read it (stackuser.collect_orphans)
+        return stored
+
+    def _stack_user_dir(self, stored: dict[str, Any], data_root: Path | None) -> str | None:
+        """The stack user's folder to record in layout.json (None: in the state folder).
+
+        The recorded folder stays, unless a data root is asked for and the recorded one,
+        elsewhere, holds no cluster yet (the fix after StackUserCannotWrite).
+        """
+        if not self.is_root:
+            return None  # PostgreSQL runs as the invoking user, in the state folder
+        if "stack_user_dir" not in stored:
+            if (self.state_dir / "postgres" / "data" / "PG_VERSION").exists():
+                return None  # a cluster from before issue 9, where its user could reach it
+        elif stored["stack_user_dir"] is None:
+            return None
+        elif data_root is None or Path(stored["stack_user_dir"]).parent == data_root:
+            return str(stored["stack_user_dir"])
+        elif stackuser.has_cluster(Path(stored["stack_user_dir"])):
+            return str(stored["stack_user_dir"])
+        return str(stackuser.choose(data_root or stackuser.DEFAULT_ROOT, self.state_dir))
 
     # -- URLs ------------------------------------------------------------------------
 
@@ -159,6 +200,9 @@ class Stack:
         if install_packages:
             preflight.ensure_packages()
         report = UpReport(was_running=self.supervisor.is_running())
+        if not report.was_running and self.stack_user_dir is not None:
+            # Before anything starts: the error names the folder and the fix.
+            stackuser.prepare(self.stack_user_dir, self.state_dir, durable=self.durable)
         try:
             if report.was_running:
                 report.started += self._start_missing(self.programs())
@@ -226,8 +270,20 @@ class Stack:
             await conn.close()
 
     def down(self) -> list[int]:
-        """Stop everything; returns the pids stopped."""
+        """Stop everything; returns the pids stopped. The data stays for the next `up`."""
         return self.supervisor.shutdown()
+
+    def purge(self) -> list[int]:
+        """Stop everything, then delete the stack user's folder and the state folder.
+
+        A stack user's folder that another stack took over (the state folder was copied
+        or moved, see infra.stackuser) is left to it.
+        """
+        pids = self.down()
+        if self.stack_user_dir is not None:
+            stackuser.remove(self.stack_user_dir, self.state_dir)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        return pids
 
     async def status(self) -> list[Health]:
         """Health of every component (servers answer their protocol; processes by state)."""

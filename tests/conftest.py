@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,10 +21,8 @@ from infra.stack import Stack
 
 
 def make_state_dir(prefix: str) -> Path:
-    # Not under pytest's tmp_path: that is 0700 and the postgres OS user must traverse it.
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o711)
-    return path
+    # A fresh 0700 folder: the stack user never enters it (infra.stackuser).
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -44,9 +41,10 @@ async def stack() -> AsyncIterator[Stack]:
     try:
         yield s
     finally:
-        s.down()
-        if not os.environ.get("PTA_KEEP_TEST_STATE"):
-            shutil.rmtree(state, ignore_errors=True)
+        if os.environ.get("PTA_KEEP_TEST_STATE"):
+            s.down()
+        else:
+            s.purge()  # and PostgreSQL's data folder outside it, as root
 
 
 @pytest.fixture
