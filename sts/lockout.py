@@ -27,12 +27,15 @@ no extra round trip for lockout unless it fails or clears a previous failure.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import enum
 import hashlib
 import hmac
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -223,36 +226,48 @@ def row_from_state(state: LockoutState) -> LockoutRow:
     )
 
 
-class LockoutStore:
-    """Applies the policy to the shared rows. Raises DatabaseUnavailable."""
+IN_FLIGHT_MARGIN_S = 5.0  # how long past its deadline an attempt's place stays reserved
+ADMISSION_POLL_S = 0.02  # how often a waiting attempt asks again for a place in flight
 
-    def __init__(self, db: Database, policy: LockoutPolicy, *, key: bytes | None) -> None:
+
+def user_key(stored_username: str) -> str:
+    """The lockout key of a synced user: their stored (canonical) name, never a typed one."""
+    return stored_username
+
+
+def admin_key(admin_id: uuid.UUID | str) -> str:
+    """The lockout key of a cloud-only admin: their id (usernames never hold a space)."""
+    return f"admin {admin_id}"
+
+
+class LockoutStore:
+    """Applies the policy to the shared rows. Raises DatabaseUnavailable.
+
+    One admission mechanism for every account that can be guessed at (synced users and
+    cloud-only admins alike, whatever the flow): `enter` takes a place in flight under
+    the row lock before the password is checked anywhere, `settle` releases it and counts
+    what the check came to. `key` is always the key of an account that exists (`user_key`,
+    `admin_key`): a name that matches no account never gets a row.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        policy: LockoutPolicy,
+        *,
+        key: bytes | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._db = db
         self.policy = policy
         self._key = key
+        self._clock = clock
 
     def fingerprint(self, tenant_id: str, username: str, password: str) -> bytes | None:
         """The keyed fingerprint of `password`, or None when no secret is configured."""
         if self._key is None:
             return None
         return fingerprint(self._key, tenant_id, username, password)
-
-    async def record_failure(
-        self, tenant_id: str, username: str, now: float, password_fingerprint: bytes | None
-    ) -> LockoutState:
-        """Count one wrong password; returns the new state (locked or not)."""
-
-        def mutate(row: LockoutRow) -> LockoutRow:
-            new = self.policy.after_failure(state_from_row(row), now, password_fingerprint)
-            return row_from_state(new)
-
-        row = await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
-        return state_from_row(row)
-
-    async def current(self, tenant_id: str, username: str) -> LockoutState:
-        """The user's counters as stored now."""
-        row = await self._db.update_lockout(uuid.UUID(tenant_id), username, lambda r: r)
-        return state_from_row(row)
 
     async def admit(
         self, tenant_id: str, username: str, now: float, until: float
@@ -270,6 +285,24 @@ class LockoutStore:
 
         await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
         return seen[-1]
+
+    async def enter(
+        self, tenant_id: str, key: str, deadline: float, clock: Callable[[], float] | None = None
+    ) -> tuple[Admission, LockoutState]:
+        """Wait for a place in flight until `deadline`: ADMITTED, or LOCKED with the state.
+
+        Parallel attempts of one account wait for earlier answers instead of all reaching
+        the password check at once; one still waiting at `deadline` is answered LOCKED (it
+        was only kept out because enough others could still lock the account).
+        """
+        now = clock or self._clock
+        while True:
+            verdict, seen = await self.admit(tenant_id, key, now(), deadline + IN_FLIGHT_MARGIN_S)
+            if verdict is Admission.ADMITTED:
+                return verdict, seen
+            if verdict is Admission.LOCKED or now() >= deadline:
+                return Admission.LOCKED, seen
+            await asyncio.sleep(ADMISSION_POLL_S)
 
     async def settle(
         self,
@@ -298,11 +331,6 @@ class LockoutStore:
 
         row = await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
         return state_from_row(row)
-
-    async def record_success(self, tenant_id: str, username: str, state: LockoutState) -> None:
-        """Forget the user's failures; no write when there were none."""
-        if not state.is_clear:
-            await self._db.clear_lockout(uuid.UUID(tenant_id), username)
 
 
 LOCKOUT = web.AppKey("lockout", LockoutStore)

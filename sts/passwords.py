@@ -38,6 +38,7 @@ import structlog
 from aiohttp import web
 
 from common.envelope import new_reply_key, seal
+from common.usernames import canonical_username
 from common.wire import Status
 from sts.admins import ADMINS
 from sts.agent_keys import AGENT_KEYS, AgentKeys, recipients_of
@@ -66,6 +67,7 @@ from sts.lockout import (
     LockoutStore,
     Settlement,
     state_from_row,
+    user_key,
 )
 from sts.queries import DATABASE, Database, SignInRecord, SignInUserRow
 from sts.settings import SETTINGS
@@ -105,8 +107,11 @@ STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
 
 _STS_OUTCOMES = frozenset(str(o) for o in StsOutcome)
 
-IN_FLIGHT_MARGIN_S = 5.0  # how long past its deadline an attempt's place stays reserved
-ADMISSION_POLL_S = 0.02  # how often a waiting attempt asks again for a place in flight
+_SETTLEMENTS: dict[str, Settlement] = {
+    Status.INVALID_CREDENTIALS: Settlement.FAILURE,
+    Status.SUCCESS: Settlement.SUCCESS,
+}
+"""How each result counts toward smart lockout; anything else is neutral."""
 
 _DISPATCH_OUTCOMES = {
     DispatchOutcome.NO_AGENT: StsOutcome.NO_AGENT,
@@ -191,7 +196,8 @@ class AgentPasswordValidator:
         self, tenant: Tenant, username: str, password: str, context: SignInContext
     ) -> Attempt:
         """Steps 1 to 6 of the module docstring."""
-        user = await self._db.sign_in_user(tenant.uuid, username)
+        name = canonical_username(username)
+        user = None if name is None else await self._db.sign_in_user(tenant.uuid, name)
         if user is None:
             return Attempt(StsOutcome.USER_NOT_FOUND)
         state = state_from_row(user.lockout)
@@ -202,19 +208,14 @@ class AgentPasswordValidator:
             return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
         if not password:
             return Attempt(StsOutcome.EMPTY_PASSWORD, user)
+        key = user_key(user.username)
         deadline = now + self._request_timeout_s
         # A place in flight for this user (all replicas count together): parallel guesses
         # wait for earlier answers instead of all reaching the directory at once.
-        while True:
-            verdict, seen = await self._lockout.admit(
-                tenant.id, user.username, self._clock(), deadline + IN_FLIGHT_MARGIN_S
-            )
-            if verdict is Admission.ADMITTED:
-                break
-            if verdict is Admission.LOCKED or self._clock() >= deadline:
-                locked_s = round(policy.locked_for(seen, self._clock()))
-                return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
-            await asyncio.sleep(ADMISSION_POLL_S)
+        verdict, seen = await self._lockout.enter(tenant.id, key, deadline, self._clock)
+        if verdict is not Admission.ADMITTED:
+            locked_s = round(policy.locked_for(seen, self._clock()))
+            return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
         attempt: Attempt | None = None
         try:
             attempt = await self._dispatch_admitted(tenant, user, password, context, deadline)
@@ -282,22 +283,15 @@ class AgentPasswordValidator:
         then expires on its own (`in_flight_until`).
         """
         result = attempt.result if attempt is not None else ""
-        settlement = (
-            Settlement.FAILURE
-            if result == Status.INVALID_CREDENTIALS
-            else Settlement.SUCCESS
-            if result == Status.SUCCESS
-            else Settlement.NEUTRAL
-        )
+        settlement = _SETTLEMENTS.get(result, Settlement.NEUTRAL)
+        key = user_key(user.username)
         fingerprint = (
-            self._lockout.fingerprint(tenant.id, user.username, password)
+            self._lockout.fingerprint(tenant.id, key, password)
             if settlement is Settlement.FAILURE
             else None
         )
         try:
-            new = await self._lockout.settle(
-                tenant.id, user.username, self._clock(), settlement, fingerprint
-            )
+            new = await self._lockout.settle(tenant.id, key, self._clock(), settlement, fingerprint)
         except DatabaseUnavailable:
             log.error("lockout_update_failed", username=user.username, outcome=result)
             return
