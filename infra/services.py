@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import ssl
 import subprocess
 import sys
@@ -118,6 +119,9 @@ class Services:
                     # DESIGN.md's smart lockout rule asks, so attackers are stopped in the
                     # cloud before they lock users out on-premises.
                     "PTA_STS_LOCKOUT_THRESHOLD": str(STS_LOCKOUT_THRESHOLD),
+                    # Keys the fingerprints of recent wrong passwords (sts.lockout): a
+                    # repeat is answered without reaching slapd, which counts every bind.
+                    "PTA_STS_LOCKOUT_SECRET": self.lockout_secret(),
                     # MSAL's user realm call drops the port: replica 1 also serves :443.
                     "PTA_STS_EXTRA_LISTEN": (
                         f"{self.public_ip}:443" if (self.sts_https_443 and i == 0) else ""
@@ -127,6 +131,16 @@ class Services:
             )
             for i, port in enumerate(ports)
         ]
+
+    def lockout_secret(self) -> str:
+        """The STS replicas' smart lockout secret, made at the first start (mode 0600)."""
+        path = self.layout.state_dir / "secrets" / "sts-lockout-secret"
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
 
     def ca_program(self) -> Program:
         p = self.layout.ports

@@ -14,10 +14,12 @@ The policy (`LockoutPolicy`, pure: the caller passes `now`) follows Entra's smar
 - with a fingerprint key, the last `remembered_passwords` (3, as Entra) wrong passwords
   are remembered as keyed fingerprints (HMAC-SHA256 under a per-deployment secret, never
   a plain hash, which would be a cheap offline guessing target): typing the same wrong
-  password again does not count again. A repeat is still sent to the agent, and a
+  password again does not count again, and within `repeat_window_s` of the latest
+  failure it is not even sent: `is_repeat` answers it AADSTS50126 from memory, so a
   directory that counts every failed bind (OpenLDAP ppolicy does; AD exempts only
-  recent old passwords) counts it: with such a directory, leave the secret unset, or
-  the directory may lock a user the cloud did not.
+  recent old passwords) never sees a stale password twice (issue 8 finding 12);
+- every account goes through one admission (`LockoutStore.enter` / `settle`), keyed on
+  the account found (`user_key`, `admin_key`), never on a typed name.
 
 State lives in PostgreSQL (`lockouts`, migration 005) so every replica counts together;
 `LockoutStore` converts rows and runs the read-modify-write under a row lock. The read
@@ -88,10 +90,26 @@ class LockoutPolicy:
     max_duration_s: float = 3600.0
     forget_after_s: float = 86_400.0
     remembered_passwords: int = 3
+    repeat_window_s: float = 900.0  # a known wrong password is answered from memory this long
 
     def __post_init__(self) -> None:
         if self.threshold < 1 or self.duration_s <= 0 or self.max_duration_s < self.duration_s:
             raise ValueError("need threshold >= 1 and 0 < duration_s <= max_duration_s")
+
+    def is_repeat(self, state: LockoutState, fingerprint: bytes | None, now: float) -> bool:
+        """True when `fingerprint` is one of the user's wrong passwords of the last
+        `repeat_window_s` (counted from the latest failure the directory answered).
+
+        Such a password is answered "wrong" without being sent (issue 8 finding 12): the
+        directory, which counts every failed bind, never sees a stale password again. A
+        success forgets the fingerprints (`after_success`); the window bounds the one case
+        memory can be wrong, a password changed on-premises to a recent wrong one.
+        """
+        if fingerprint is None or state.last_failure_at is None:
+            return False
+        if now - state.last_failure_at > self.repeat_window_s:
+            return False
+        return fingerprint in state.recent_failures
 
     def locked_for(self, state: LockoutState, now: float) -> float:
         """Seconds the user stays locked; 0 when they may sign in."""

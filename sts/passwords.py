@@ -63,7 +63,6 @@ from sts.errors import (
 from sts.lockout import (
     LOCKOUT,
     Admission,
-    LockoutPolicy,
     LockoutStore,
     Settlement,
     state_from_row,
@@ -92,6 +91,7 @@ class StsOutcome(StrEnum):
     NO_AGENT = "no_agent"
     TIMEOUT = "timeout"
     FORGED_REPLY = "forged_reply"
+    REPEATED_PASSWORD = "repeated_password"  # noqa: S105 -- a recent wrong one, not sent
 
 
 STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
@@ -102,6 +102,7 @@ STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
     StsOutcome.NO_AGENT: NoAgentAvailable,
     StsOutcome.TIMEOUT: AgentTimeout,
     StsOutcome.FORGED_REPLY: AgentReplyInvalid,
+    StsOutcome.REPEATED_PASSWORD: InvalidCredentials,
 }
 """DESIGN.md's table, the rows without an agent status."""
 
@@ -209,6 +210,8 @@ class AgentPasswordValidator:
         if not password:
             return Attempt(StsOutcome.EMPTY_PASSWORD, user)
         key = user_key(user.username)
+        if policy.is_repeat(state, self._lockout.fingerprint(tenant.id, key, password), now):
+            return Attempt(StsOutcome.REPEATED_PASSWORD, user, detail="a recent wrong password")
         deadline = now + self._request_timeout_s
         # A place in flight for this user (all replicas count together): parallel guesses
         # wait for earlier answers instead of all reaching the directory at once.
@@ -373,11 +376,7 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
     secret = settings.lockout_secret
     lockout = LockoutStore(
         db,
-        LockoutPolicy(
-            threshold=settings.lockout_threshold,
-            duration_s=settings.lockout_duration_s,
-            max_duration_s=settings.lockout_max_duration_s,
-        ),
+        settings.lockout_policy(),
         key=None if secret is None else secret.get_secret_value().encode(),
     )
     dispatcher = None

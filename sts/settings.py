@@ -38,10 +38,12 @@ Sign-in through the agents (`sts.passwords`, `sts.dispatcher`, `sts.lockout`):
 - `PTA_STS_LOCKOUT_THRESHOLD` (10), `PTA_STS_LOCKOUT_DURATION_S` (60),
   `PTA_STS_LOCKOUT_MAX_DURATION_S` (3600): smart lockout; keep the threshold below the
   directory's own (slapd's ppolicy `pwdMaxFailure`, AD's lockout threshold).
-- `PTA_STS_LOCKOUT_SECRET` (unset): a per-deployment secret (at least 32 characters,
-  the same on every replica) keying the fingerprints of recent wrong passwords, so that
-  repeating one wrong password counts once. Unset: every failure counts (keep it unset
-  when the directory counts repeats itself, as OpenLDAP's ppolicy does: see sts.lockout).
+- `PTA_STS_LOCKOUT_SECRET` (unset; the stack always sets one): a per-deployment secret
+  (at least 32 characters, the same on every replica) keying the fingerprints of recent
+  wrong passwords: repeating one wrong password counts once, and within
+  `PTA_STS_LOCKOUT_REPEAT_WINDOW_S` (900; 0 turns it off) of the last failure a repeat is
+  answered AADSTS50126 without reaching the directory at all. Unset: every failure counts
+  and every attempt is sent.
 - `PTA_STS_EXTRA_LISTEN` (empty): comma-separated `host:port` list of additional sockets
   serving the same app (same TLS), e.g. `127.0.0.1:443` for MSAL, which asks
   `https://{host}/common/userrealm/...` without the port.
@@ -60,6 +62,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sts.lockout import LockoutPolicy
 
 ENV_PREFIX = "PTA_STS_"
 
@@ -110,6 +114,7 @@ class StsSettings(BaseSettings):
     lockout_duration_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     lockout_max_duration_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 3600.0
     lockout_secret: SecretStr | None = None
+    lockout_repeat_window_s: Annotated[float, Field(ge=0, le=86_400)] = 900.0
     extra_listen: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
     signin_log_batch: Annotated[int, Field(ge=1, le=10_000)] = 200
     signin_log_flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
@@ -188,6 +193,15 @@ class StsSettings(BaseSettings):
                 f"{ENV_PREFIX}LOCKOUT_DURATION_S"
             )
         return self
+
+    def lockout_policy(self) -> LockoutPolicy:
+        """The smart lockout policy these settings describe."""
+        return LockoutPolicy(
+            threshold=self.lockout_threshold,
+            duration_s=self.lockout_duration_s,
+            max_duration_s=max(self.lockout_max_duration_s, self.lockout_duration_s),
+            repeat_window_s=self.lockout_repeat_window_s,
+        )
 
     @model_validator(mode="after")
     def _check_refresh_lifetimes(self) -> StsSettings:

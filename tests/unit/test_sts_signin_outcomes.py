@@ -46,6 +46,7 @@ DESIGN_TABLE: dict[str, tuple[str, int | None]] = {
     "no_agent": ("temporarily_unavailable", 80001),
     "timeout": ("temporarily_unavailable", 80002),
     "forged_reply": ("temporarily_unavailable", 80003),
+    "repeated_password": ("invalid_grant", 50126),  # a recent wrong password, not sent
     "smart_lockout": ("invalid_grant", 50053),
     "user_not_found": ("invalid_grant", 50034),
     "empty_password": ("invalid_grant", 50126),
@@ -215,11 +216,14 @@ async def test_wrong_passwords_lock_and_success_clears() -> None:
     wrong = FakeDispatcher(status=Status.INVALID_CREDENTIALS)
     v = validator(db, wrong, log)
     assert await attempt(v, "wrong-1") == ("invalid_grant", 50126)
-    assert await attempt(v, "wrong-1") == ("invalid_grant", 50126)  # a repeat: not counted
+    # A repeat: neither counted nor sent (the directory would count it: finding 12).
+    assert await attempt(v, "wrong-1") == ("invalid_grant", 50126)
     assert db.lockout.failures == 1
+    assert len(wrong.requests) == 1
+    assert [r.result for r in log.rows[-1:]] == ["repeated_password"]
     assert await attempt(v, "wrong-2") == ("invalid_grant", 50126)  # the 2nd distinct: locked
     assert await attempt(v, "right") == ("invalid_grant", 50053)
-    assert len(wrong.requests) == 3
+    assert len(wrong.requests) == 2
     db.lockout = LockoutRow(failures=1)
     assert await attempt(validator(db, FakeDispatcher(), log)) == ("success", 0)
     assert db.lockout == LockoutRow()  # cleared (an update, so places in flight survive)
