@@ -60,6 +60,11 @@ class Settlement(enum.Enum):
 
     FAILURE = "failure"  # a wrong password
     SUCCESS = "success"
+    # No answer (timeout, forged or late reply, the agent's directory_timeout): the
+    # directory may have counted a failed bind, so the cloud counts one too (no
+    # fingerprint: the password's fate is unknown). Keeps the cloud's count at or above
+    # the directory's, which the start-up check (`failures_within`) relies on.
+    UNANSWERED = "unanswered"
     NEUTRAL = "neutral"  # anything else: neither counts nor clears
 
 
@@ -110,6 +115,22 @@ class LockoutPolicy:
         if now - state.last_failure_at > self.repeat_window_s:
             return False
         return fingerprint in state.recent_failures
+
+    def failures_within(self, window_s: float) -> int:
+        """The most failures this policy lets through to the directory within any
+        `window_s` seconds: a burst of `threshold` (all in flight at once), then one per
+        lockout, each lockout twice as long (capped). Pure; used at start-up to check the
+        cloud trips before the directory (`sts.settings`)."""
+        count = self.threshold
+        elapsed = 0.0
+        lockouts = 1
+        while count < 10_000:
+            elapsed += self.lock_duration(lockouts)
+            if elapsed > window_s:
+                return count
+            count += 1
+            lockouts += 1
+        return count
 
     def locked_for(self, state: LockoutState, now: float) -> float:
         """Seconds the user stays locked; 0 when they may sign in."""
@@ -337,6 +358,8 @@ class LockoutStore:
             released = self.policy.with_settled(state, now)
             if settlement is Settlement.FAILURE:
                 new = self.policy.after_failure(state, now, password_fingerprint)
+            elif settlement is Settlement.UNANSWERED:
+                new = self.policy.after_failure(state, now, None)
             elif settlement is Settlement.SUCCESS:
                 new = self.policy.after_success(state)
             else:

@@ -111,6 +111,13 @@ _STS_OUTCOMES = frozenset(str(o) for o in StsOutcome)
 _SETTLEMENTS: dict[str, Settlement] = {
     Status.INVALID_CREDENTIALS: Settlement.FAILURE,
     Status.SUCCESS: Settlement.SUCCESS,
+    # No answer the STS could use, though the directory may have seen a bind: counted
+    # (sts.lockout.Settlement.UNANSWERED), so the cloud's count never falls behind the
+    # directory's. The agent answers directory_timeout without binding when too little
+    # time is left (agent.consumer), so a skipped bind counts too: conservative.
+    StsOutcome.TIMEOUT: Settlement.UNANSWERED,
+    StsOutcome.FORGED_REPLY: Settlement.UNANSWERED,
+    Status.DIRECTORY_TIMEOUT: Settlement.UNANSWERED,
 }
 """How each result counts toward smart lockout; anything else is neutral."""
 
@@ -298,7 +305,8 @@ class AgentPasswordValidator:
         except DatabaseUnavailable:
             log.error("lockout_update_failed", username=user.username, outcome=result)
             return
-        if settlement is Settlement.FAILURE and self._lockout.policy.is_locked(new, self._clock()):
+        is_failure = settlement in (Settlement.FAILURE, Settlement.UNANSWERED)
+        if is_failure and self._lockout.policy.is_locked(new, self._clock()):
             log.warning(
                 "smart_lockout_started",
                 username=user.username,
@@ -379,6 +387,12 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
         settings.lockout_policy(),
         key=None if secret is None else secret.get_secret_value().encode(),
     )
+    if settings.directory_lockout_threshold is None:
+        log.warning(
+            "directory_lockout_unchecked",
+            detail="PTA_STS_DIRECTORY_LOCKOUT_* unset: smart lockout is not checked against "
+            "the directory's",
+        )
     dispatcher = None
     if settings.amqp_url is not None:
         dispatcher = Dispatcher(

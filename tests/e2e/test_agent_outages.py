@@ -95,6 +95,31 @@ async def test_agent_stuck_with_the_request_is_80002(stack: Stack, restore_fabri
     assert elapsed >= 5, elapsed  # it waited for the deadline
 
 
+async def test_unanswered_attempts_count_toward_smart_lockout(
+    stack: Stack, restore_fabrikam: None
+) -> None:
+    """Issue 8 finding 10: the directory may have seen the bind of an attempt nobody
+    answered, so the cloud counts it; once the threshold (4) is reached the user is
+    locked in the cloud, before the directory could count more."""
+    bulk = tenant_doc(stack, "fabrikam.test")["bulk_users"]
+    username = bulk["pattern"].format(n=874)
+    password = next(t for t in stack.demo.tenants if t.domain == "fabrikam.test").bulk_password
+    stack.supervisor.stop_program(FABRIKAM_AGENTS[1])
+    pid = stack.supervisor.states()[FABRIKAM_AGENTS[0]].pid
+    assert pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        answers = await asyncio.gather(
+            *(password_grant(stack, username, f"Unanswered-{i}") for i in range(4))
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert [a.code for a in answers] == [80002] * 4, answers
+    stack.supervisor.start_program(FABRIKAM_AGENTS[1])
+    await _until_sign_in_works(stack)
+    assert (await password_grant(stack, username, password)).code == 50053
+
+
 async def test_garbage_on_the_tenant_queue_does_not_stop_agents(stack: Stack) -> None:
     tenant = tenant_doc(stack, "fabrikam.test")
     pids = {n: stack.supervisor.states()[n].pid for n in FABRIKAM_AGENTS}

@@ -211,6 +211,26 @@ async def test_dispatch_outcomes(outcome: DispatchOutcome, expected: int) -> Non
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [
+        (DispatchOutcome.TIMEOUT, None),
+        (DispatchOutcome.FORGED, None),
+        (DispatchOutcome.REPLIED, Status.DIRECTORY_TIMEOUT),
+    ],
+)
+async def test_unanswered_attempts_count_as_failures(
+    outcome: DispatchOutcome, status: Status | None
+) -> None:
+    """Finding 10: the directory may have counted the bind, so the cloud counts it too."""
+    db = FakeDb()
+    v = validator(db, FakeDispatcher(status=status, outcome=outcome), FakeLog())
+    await attempt(v, "whatever")
+    assert db.lockout.failures == 1
+    assert db.lockout.in_flight == 0
+    assert db.lockout.recent_failures == ()  # its fate is unknown: no fingerprint
+
+
 async def test_wrong_passwords_lock_and_success_clears() -> None:
     db, log = FakeDb(), FakeLog()
     wrong = FakeDispatcher(status=Status.INVALID_CREDENTIALS)
@@ -250,6 +270,17 @@ def test_sign_in_setting_defaults(tmp_path: Path) -> None:
     assert s.signin_log_batch == 200 and s.lockout_secret is None
 
 
+def test_a_lockout_below_the_directory_starts(tmp_path: Path) -> None:
+    s = make_settings(
+        tmp_path,
+        lockout_threshold=4,
+        lockout_duration_s=120,
+        directory_lockout_threshold=5,
+        directory_lockout_window_s=60,
+    )
+    assert s.lockout_policy().failures_within(60 + 10 + 10) == 4
+
+
 def test_extra_listen_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTA_STS_EXTRA_LISTEN", "127.0.0.1:443, [::1]:8443,")
     s = make_settings(tmp_path)
@@ -269,6 +300,16 @@ def test_extra_listen_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
         ({"lockout_secret": "short"}, "PTA_STS_LOCKOUT_SECRET: must be at least 32"),
         ({"lockout_duration_s": 600, "lockout_max_duration_s": 60},
          "PTA_STS_LOCKOUT_MAX_DURATION_S must be at least PTA_STS_LOCKOUT_DURATION_S"),
+        # Finding 10: the stack's old numbers, cloud window = slapd's 60 s window.
+        ({"lockout_threshold": 4, "lockout_duration_s": 60,
+          "directory_lockout_threshold": 5, "directory_lockout_window_s": 60},
+         "smart lockout would not trip before the directory's"),
+        ({"lockout_threshold": 5, "lockout_duration_s": 600,
+          "directory_lockout_threshold": 5, "directory_lockout_window_s": 60},
+         "smart lockout would not trip before the directory's"),
+        ({"directory_lockout_threshold": 5}, "PTA_STS_DIRECTORY_LOCKOUT_WINDOW_S must be set"),
+        ({"directory_lockout_threshold": 5, "directory_lockout_window_s": 0},
+         "PTA_STS_DIRECTORY_LOCKOUT_WINDOW_S"),
     ],
 )  # fmt: skip
 def test_bad_sign_in_settings_are_named(tmp_path: Path, env: dict[str, Any], expected: str) -> None:
