@@ -1,17 +1,23 @@
 """`AgentPasswordValidator`: the `sts.signin.PasswordValidator` of synced users.
 
 One call is one sign-in attempt (DESIGN.md flow 3), in this order, the first answer wins:
-1. the user: a synced user of this tenant (`users`, tenant-scoped, with their lockout
-   state in the same query); unknown is AADSTS50034, and no agent is asked;
+1. the user: the typed name normalised once (`common.usernames`), then a synced user of
+   this tenant (`users`, tenant-scoped, with their lockout state in the same query);
+   unknown is AADSTS50034, and no agent is asked;
 2. smart lockout (`sts.lockout`): a locked user is AADSTS50053, no agent is asked;
 3. an empty password is AADSTS50126 at once, never sent (an LDAP simple bind with an
-   empty password is an anonymous bind and "succeeds": DESIGN.md security rules);
+   empty password is an anonymous bind and "succeeds": DESIGN.md security rules); so is
+   a recent wrong password of this user (`LockoutPolicy.is_repeat`): the directory
+   never counts a stale password twice; then a place in flight (`LockoutStore.enter`);
 4. the envelope: sealed (`common.envelope.seal`) for every active agent of the tenant
    (`sts.agent_keys`) with a fresh request id and reply key, deadline `request_timeout_s`;
    no active agent (or no broker configured) is AADSTS80001;
 5. dispatch (`sts.dispatcher`) and the agent's answer mapped by DESIGN.md's table
    (`error_for`);
-6. lockout bookkeeping: `invalid_credentials` counts a failure, `success` clears them;
+6. lockout bookkeeping: `invalid_credentials` counts a failure, `success` clears them,
+   an attempt nobody answered counts as a failure (`Settlement.UNANSWERED`);
+   unknown users and recent wrong passwords are answered after a delay drawn from the
+   tenant's recent agent round trips (`RoundTrips`), so time tells no more than the code;
 7. one sign-in log row (`sts.signin_log`, off the hot path) and one `sign_in` log line
    with outcome, AADSTS code, agent id and latency (the correlation id is in the context).
 
@@ -28,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import secrets
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -108,6 +116,10 @@ STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
 
 _STS_OUTCOMES = frozenset(str(o) for o in StsOutcome)
 
+_ANSWERED = frozenset({str(Status.SUCCESS), str(Status.INVALID_CREDENTIALS)})
+_DISGUISED = frozenset({str(StsOutcome.USER_NOT_FOUND), str(StsOutcome.REPEATED_PASSWORD)})
+"""Answers timed like an agent's (`RoundTrips`), so that time tells nothing more."""
+
 _SETTLEMENTS: dict[str, Settlement] = {
     Status.INVALID_CREDENTIALS: Settlement.FAILURE,
     Status.SUCCESS: Settlement.SUCCESS,
@@ -151,6 +163,38 @@ class Attempt:
     request_id: str | None = None
 
 
+class RoundTrips:
+    """Recent durations of sign-ins the agents answered, per tenant (issue 8 finding 7).
+
+    An unknown user (or a recent wrong password, answered from memory) is answered after
+    a delay drawn from these, so a client measuring times cannot tell those answers from
+    an agent's. Bounded: `per_tenant` durations for each of at most `tenants` tenants (the
+    least recently answered tenant is forgotten first). Pure memory, no I/O.
+    """
+
+    def __init__(self, *, per_tenant: int = 64, tenants: int = 10_000) -> None:
+        self._per_tenant = per_tenant
+        self._tenants = tenants
+        self._by_tenant: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque(maxlen=per_tenant)
+
+    def add(self, tenant_id: str, seconds: float) -> None:
+        durations = self._by_tenant.pop(tenant_id, None) or deque(maxlen=self._per_tenant)
+        durations.append(seconds)
+        self._by_tenant[tenant_id] = durations
+        while len(self._by_tenant) > self._tenants:
+            self._by_tenant.popitem(last=False)
+        self._all.append(seconds)
+
+    def sample(self, tenant_id: str) -> float | None:
+        """One recent duration of this tenant, else of any tenant; None before any."""
+        durations = self._by_tenant.get(tenant_id) or self._all
+        return secrets.choice(durations) if durations else None
+
+
+MAX_DISGUISED = 1000  # answers held back at once; beyond, answered at once (never queued)
+
+
 class AgentPasswordValidator:
     """Validates synced users' passwords through the tenant's agents (module docstring)."""
 
@@ -172,6 +216,8 @@ class AgentPasswordValidator:
         self._sign_in_log = sign_in_log
         self._request_timeout_s = request_timeout_s
         self._clock = clock
+        self.round_trips = RoundTrips()
+        self._disguised = 0
 
     async def validate(
         self, tenant: Tenant, username: str, password: str, context: SignInContext
@@ -185,6 +231,10 @@ class AgentPasswordValidator:
                 tenant, username, context, Attempt(ERROR, detail=exc.error), started, exc.code
             )
             raise
+        if attempt.agent_id is not None and attempt.result in _ANSWERED:
+            self.round_trips.add(tenant.id, time.perf_counter() - started)
+        elif attempt.result in _DISGUISED:
+            await self._disguise(tenant, started)
         error = error_for(attempt.result)
         self._record(tenant, username, context, attempt, started, error.code if error else 0)
         if error is not None:
@@ -199,6 +249,25 @@ class AgentPasswordValidator:
             immutable_id=user.immutable_id,
             agent_id=attempt.agent_id,
         )
+
+    async def _disguise(self, tenant: Tenant, started: float) -> None:
+        """Wait until the answer takes as long as one the agents gave (`RoundTrips`).
+
+        Holds nothing but this coroutine (no database connection, no agent); at most the
+        request timeout, and at most `MAX_DISGUISED` at once, so it cannot be turned into a
+        resource sink or an amplifier: a flood gets its answers at once instead.
+        """
+        target = self.round_trips.sample(tenant.id)
+        if target is None or self._disguised >= MAX_DISGUISED:
+            return
+        delay = min(target, self._request_timeout_s) - (time.perf_counter() - started)
+        if delay <= 0:
+            return
+        self._disguised += 1
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._disguised -= 1
 
     async def _attempt(
         self, tenant: Tenant, username: str, password: str, context: SignInContext

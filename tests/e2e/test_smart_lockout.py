@@ -2,6 +2,7 @@
 
 - a repeated wrong password is answered 50126 without reaching slapd (finding 12);
 - a user locked under their plain name stays locked under any spelling (finding 2);
+- unknown users and known users with a wrong password answer in the same time (7).
 
 Each test uses its own bulk users (870-879), so the lockouts it causes stay its own.
 """
@@ -9,14 +10,18 @@ Each test uses its own bulk users (870-879), so the lockouts it causes stay its 
 from __future__ import annotations
 
 import asyncio
+import statistics
+import time
+import uuid
 from collections.abc import Callable
 
+import aiohttp
 import ldap3
 import pytest
 
 from infra import ldif
 from infra.stack import Stack
-from tests.e2e.support import password_grant, tenant_doc
+from tests.e2e.support import client_ssl, password_grant, stack_doc, tenant_doc
 
 pytestmark = pytest.mark.stack
 
@@ -88,3 +93,48 @@ async def test_a_locked_user_stays_locked_under_any_spelling(
     answer = await password_grant(stack, variant, password)
     assert answer.status != 200, variant
     assert answer.code in (50053, 50034), answer
+
+
+async def test_unknown_and_known_users_answer_in_the_same_time(stack: Stack) -> None:
+    """Finding 7: the codes differ (as in Entra), the time to answer does not.
+
+    Known users get a wrong password, then the right one (so they never lock); unknown
+    users are random names. Interleaved, so that load on the box hits both alike; the
+    medians must agree within a factor 1.5 (before the fix: ~2 ms against ~10 ms).
+    """
+    username, password = _bulk(stack, "contoso.test", 873)
+    domain = "contoso.test"
+    unknown: list[float] = []
+    known: list[float] = []
+    doc = stack_doc(stack)
+    tenant = tenant_doc(stack, domain)
+    url = f"{doc['sts_url']}/{tenant['id']}/oauth2/v2.0/token"
+
+    async def timed(session: aiohttp.ClientSession, name: str, secret: str) -> tuple[float, int]:
+        form = {
+            "grant_type": "password",
+            "client_id": tenant["app"]["client_id"],
+            "scope": "openid",
+            "username": name,
+            "password": secret,
+        }
+        started = time.perf_counter()
+        async with session.post(url, data=form, ssl=client_ssl(stack)) as r:
+            body = await r.json(content_type=None)
+        elapsed = time.perf_counter() - started
+        return elapsed, (body.get("error_codes") or [0])[0]
+
+    async with aiohttp.ClientSession() as session:
+        for i in range(40):
+            elapsed, code = await timed(session, username, f"Wrong-timing-{i}")
+            assert code == 50126
+            known.append(elapsed)
+            elapsed, code = await timed(session, f"nobody-{uuid.uuid4().hex[:8]}@{domain}", "x")
+            assert code == 50034
+            unknown.append(elapsed)
+            assert (await timed(session, username, password))[1] == 0
+    ratio = statistics.median(unknown) / statistics.median(known)
+    assert 1 / 1.5 <= ratio <= 1.5, (
+        f"median unknown {statistics.median(unknown) * 1000:.1f} ms, "
+        f"known {statistics.median(known) * 1000:.1f} ms"
+    )

@@ -4,6 +4,7 @@ settings and home-realm discovery's document."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from sts.agent_keys import ActiveAgent
 from sts.dispatcher import DispatchOutcome, DispatchRequest, DispatchResult
 from sts.errors import OAuthError
 from sts.lockout import LockoutPolicy, LockoutStore
-from sts.passwords import AgentPasswordValidator, StsOutcome, error_for
+from sts.passwords import AgentPasswordValidator, RoundTrips, StsOutcome, error_for
 from sts.queries import LockoutRow, SignInRecord, SignInUserRow
 from sts.settings import StsSettings, settings_error_message
 from sts.signin import SignInContext
@@ -353,3 +354,27 @@ def test_realm_documents_have_entras_shape() -> None:
     }  # fmt: skip
     unknown = realm_document(domain=None, tenant_name=None, cloud_instance_name="h")
     assert unknown == {"ver": "1.0", "account_type": "Unknown", "cloud_instance_name": "h"}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def test_round_trips_are_bounded_and_fall_back_to_any_tenant() -> None:
+    trips = RoundTrips(per_tenant=3, tenants=2)
+    assert trips.sample("a") is None  # nothing measured yet: no delay
+    for seconds in (1.0, 2.0, 3.0, 4.0):
+        trips.add("a", seconds)
+    assert {trips.sample("a") for _ in range(200)} == {2.0, 3.0, 4.0}
+    assert trips.sample("unseen") in (2.0, 3.0, 4.0)  # any tenant's
+    trips.add("b", 9.0)
+    trips.add("c", 9.0)  # a third tenant: "a", answered least recently, is forgotten
+    assert trips.sample("b") == 9.0 and trips.sample("c") == 9.0
+    assert trips.sample("a") in (3.0, 4.0, 9.0)  # from the shared pool now
+
+
+async def test_an_unknown_user_waits_like_an_answered_sign_in() -> None:
+    v = validator(FakeDb(user=None), FakeDispatcher(), FakeLog())
+    v.round_trips.add(TENANT.id, 0.2)
+    started = time.perf_counter()
+    assert await attempt(v) == ("invalid_grant", 50034)
+    assert time.perf_counter() - started >= 0.19
