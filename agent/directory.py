@@ -86,12 +86,12 @@ class DirectoryMisconfigured(DirectoryError):
     """A directory setting is invalid: fix the setting named in the message."""
 
 
-BIND_MARGIN_S: Final = 1.0
+BIND_MARGIN_S: Final = 0.25
 """A bind is not started with less than this left before the request's deadline.
 
-A bind takes milliseconds when the directory is healthy; with less than a second left,
-its answer could not travel back (agent, broker, STS) before the STS answers the user, and
-the directory would count a failed bind nobody sees the result of (issue 8 finding 10).
+A healthy bind takes milliseconds; with less than a quarter second left, its answer would
+hardly travel back (agent, broker, STS) before the STS answers the user 80002, and the
+directory would count a failed bind nobody sees the result of (issue 8 finding 10).
 """
 TOO_LATE_DETAIL: Final = "too little time left before the request's deadline: not bound"
 

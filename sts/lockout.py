@@ -60,10 +60,10 @@ class Settlement(enum.Enum):
 
     FAILURE = "failure"  # a wrong password
     SUCCESS = "success"
-    # No answer (timeout, forged or late reply, the agent's directory_timeout): the
-    # directory may have counted a failed bind, so the cloud counts one too (no
-    # fingerprint: the password's fate is unknown). Keeps the cloud's count at or above
-    # the directory's, which the start-up check (`failures_within`) relies on.
+    # No genuine answer before the deadline (timeout, only forged replies): the agent
+    # may still be binding, so the place stays in flight until its `in_flight_until`
+    # (deadline + IN_FLIGHT_MARGIN_S; agents start no bind near the deadline), and a
+    # genuine late reply settles it when it comes (`sts.dispatcher.LateReply`).
     UNANSWERED = "unanswered"
     NEUTRAL = "neutral"  # anything else: neither counts nor clears
 
@@ -350,16 +350,21 @@ class LockoutStore:
         now: float,
         settlement: Settlement,
         password_fingerprint: bytes | None = None,
+        *,
+        release: bool = True,
     ) -> LockoutState:
-        """Release an admitted attempt's place and count what it came to."""
+        """Release an admitted attempt's place and count what it came to.
+
+        UNANSWERED keeps the place (it expires by itself); `release=False` counts without
+        releasing (a late reply whose place has expired already).
+        """
 
         def mutate(row: LockoutRow) -> LockoutRow:
             state = state_from_row(row)
-            released = self.policy.with_settled(state, now)
+            is_kept = settlement is Settlement.UNANSWERED or not release
+            released = state if is_kept else self.policy.with_settled(state, now)
             if settlement is Settlement.FAILURE:
                 new = self.policy.after_failure(state, now, password_fingerprint)
-            elif settlement is Settlement.UNANSWERED:
-                new = self.policy.after_failure(state, now, None)
             elif settlement is Settlement.SUCCESS:
                 new = self.policy.after_success(state)
             else:

@@ -56,6 +56,7 @@ from sts.dispatcher import (
     Dispatcher,
     DispatchOutcome,
     DispatchRequest,
+    LateReply,
 )
 from sts.errors import (
     AGENT_STATUS_ERRORS,
@@ -69,6 +70,7 @@ from sts.errors import (
     UserNotFound,
 )
 from sts.lockout import (
+    IN_FLIGHT_MARGIN_S,
     LOCKOUT,
     Admission,
     LockoutStore,
@@ -123,13 +125,11 @@ _DISGUISED = frozenset({str(StsOutcome.USER_NOT_FOUND), str(StsOutcome.REPEATED_
 _SETTLEMENTS: dict[str, Settlement] = {
     Status.INVALID_CREDENTIALS: Settlement.FAILURE,
     Status.SUCCESS: Settlement.SUCCESS,
-    # No answer the STS could use, though the directory may have seen a bind: counted
-    # (sts.lockout.Settlement.UNANSWERED), so the cloud's count never falls behind the
-    # directory's. The agent answers directory_timeout without binding when too little
-    # time is left (agent.consumer), so a skipped bind counts too: conservative.
+    # No genuine answer before the deadline, though the agent may be binding: the place
+    # stays in flight until it expires, and a late genuine reply is settled when it comes
+    # (`settle_late`). The agent's own directory_timeout is an answer: neutral.
     StsOutcome.TIMEOUT: Settlement.UNANSWERED,
     StsOutcome.FORGED_REPLY: Settlement.UNANSWERED,
-    Status.DIRECTORY_TIMEOUT: Settlement.UNANSWERED,
 }
 """How each result counts toward smart lockout; anything else is neutral."""
 
@@ -218,6 +218,7 @@ class AgentPasswordValidator:
         self._clock = clock
         self.round_trips = RoundTrips()
         self._disguised = 0
+        self._late_tasks: set[asyncio.Task[None]] = set()
 
     async def validate(
         self, tenant: Tenant, username: str, password: str, context: SignInContext
@@ -374,14 +375,42 @@ class AgentPasswordValidator:
         except DatabaseUnavailable:
             log.error("lockout_update_failed", username=user.username, outcome=result)
             return
-        is_failure = settlement in (Settlement.FAILURE, Settlement.UNANSWERED)
-        if is_failure and self._lockout.policy.is_locked(new, self._clock()):
+        if settlement is Settlement.FAILURE and self._lockout.policy.is_locked(new, self._clock()):
             log.warning(
                 "smart_lockout_started",
                 username=user.username,
                 lockouts=new.lockouts,
                 locked_for_s=round(self._lockout.policy.locked_for(new, self._clock())),
             )
+
+    def settle_late(self, late: LateReply) -> None:
+        """`Dispatcher.on_late_reply`: count a genuine reply that came after the deadline.
+
+        The user was answered 80002, but the directory saw the bind: a wrong password
+        counts now, and the place the attempt kept is released if it has not expired.
+        """
+        task = asyncio.get_running_loop().create_task(self._settle_late(late))
+        self._late_tasks.add(task)
+        task.add_done_callback(self._late_tasks.discard)
+
+    async def _settle_late(self, late: LateReply) -> None:
+        settlement = _SETTLEMENTS.get(str(late.status), Settlement.NEUTRAL)
+        now = self._clock()
+        is_held = now <= late.expires_at + IN_FLIGHT_MARGIN_S
+        try:
+            new = await self._lockout.settle(
+                late.tenant_id, user_key(late.username), now, settlement, release=is_held
+            )
+        except DatabaseUnavailable:
+            log.error("lockout_update_failed", username=late.username, outcome="late_reply")
+            return
+        log.info(
+            "late_reply_settled",
+            username=late.username,
+            status=str(late.status),
+            failures=new.failures,
+            is_locked=self._lockout.policy.is_locked(new, now),
+        )
 
     def _record(
         self,
@@ -477,7 +506,7 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
     app[SIGN_IN_LOG] = sign_in_log
     app[LOCKOUT] = lockout
     app[ADMINS].attach_lockout(lockout)
-    app[PASSWORD_VALIDATOR] = AgentPasswordValidator(
+    validator = AgentPasswordValidator(
         db=db,
         agent_keys=agent_keys,
         dispatcher=dispatcher,
@@ -485,6 +514,9 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
         sign_in_log=sign_in_log,
         request_timeout_s=settings.request_timeout_s,
     )
+    app[PASSWORD_VALIDATOR] = validator
+    if dispatcher is not None:
+        dispatcher.on_late_reply = validator.settle_late
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(agent_keys.listen(), name="sts-agent-keys-listen"),

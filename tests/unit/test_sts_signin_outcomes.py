@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from common.envelope import kid_for
 from common.wire import Reply, Status
 from sts.agent_keys import ActiveAgent
-from sts.dispatcher import DispatchOutcome, DispatchRequest, DispatchResult
+from sts.dispatcher import DispatchOutcome, DispatchRequest, DispatchResult, LateReply
 from sts.errors import OAuthError
 from sts.lockout import LockoutPolicy, LockoutStore
 from sts.passwords import AgentPasswordValidator, RoundTrips, StsOutcome, error_for
@@ -212,24 +212,25 @@ async def test_dispatch_outcomes(outcome: DispatchOutcome, expected: int) -> Non
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("outcome", "status"),
-    [
-        (DispatchOutcome.TIMEOUT, None),
-        (DispatchOutcome.FORGED, None),
-        (DispatchOutcome.REPLIED, Status.DIRECTORY_TIMEOUT),
-    ],
-)
-async def test_unanswered_attempts_count_as_failures(
-    outcome: DispatchOutcome, status: Status | None
+@pytest.mark.parametrize("outcome", [DispatchOutcome.TIMEOUT, DispatchOutcome.FORGED])
+async def test_unanswered_attempts_keep_their_place_until_it_expires(
+    outcome: DispatchOutcome,
 ) -> None:
-    """Finding 10: the directory may have counted the bind, so the cloud counts it too."""
+    """Finding 10: the agent may still be binding; a late reply settles it."""
     db = FakeDb()
-    v = validator(db, FakeDispatcher(status=status, outcome=outcome), FakeLog())
+    v = validator(db, FakeDispatcher(status=None, outcome=outcome), FakeLog())
     await attempt(v, "whatever")
-    assert db.lockout.failures == 1
-    assert db.lockout.in_flight == 0
-    assert db.lockout.recent_failures == ()  # its fate is unknown: no fingerprint
+    assert (db.lockout.failures, db.lockout.in_flight) == (0, 1)
+    assert db.lockout.in_flight_until == dt.datetime.fromtimestamp(1000 + 10 + 5, dt.UTC)
+    late = LateReply(TENANT.id, USER.username, Status.INVALID_CREDENTIALS, 1010.0)
+    await v._settle_late(late)
+    assert (db.lockout.failures, db.lockout.in_flight) == (1, 0)
+
+
+async def test_the_agents_own_directory_timeout_is_neutral() -> None:
+    db = FakeDb()
+    await attempt(validator(db, FakeDispatcher(status=Status.DIRECTORY_TIMEOUT), FakeLog()))
+    assert (db.lockout.failures, db.lockout.in_flight) == (0, 0)
 
 
 async def test_wrong_passwords_lock_and_success_clears() -> None:
