@@ -17,8 +17,11 @@ the channel's prefetch, which the runner sets):
 4. the replay cache: an id seen within its deadline is dropped (``request_replayed``);
 5. ``open_`` with the agent's key: ``KeyNotFound`` and ``DecryptFailed`` are answered
    ``key_not_found`` / ``decrypt_failed`` without MAC (no reply key without decryption);
-6. ``Directory.validate``, bounded by the request's deadline; ``DirectoryError`` becomes
-   its ``status`` (directory_unavailable, directory_timeout, agent_error);
+6. ``Directory.validate``, bounded by the request's deadline, which it is also given: no
+   bind starts with less than ``agent.directory.BIND_MARGIN_S`` left (the answer is then
+   directory_timeout, and the directory never counts a bind nobody waits for);
+   ``DirectoryError`` becomes its ``status`` (directory_unavailable, directory_timeout,
+   agent_error);
 7. the ``Reply`` with ``elapsed_ms`` and the MAC over (request id, agent id, status) is
    published to ``pta.replies`` with the request's ``reply_to`` as routing key; then the
    message is acked. A reply that cannot be published is logged; the message is still
@@ -212,7 +215,9 @@ class SignInHandler:
         remaining_s = max(envelope.expires_at - self.clock(), 0.0)
         try:
             async with asyncio.timeout(remaining_s):
-                return await self.directory.validate(envelope.username, password)
+                return await self.directory.validate(
+                    envelope.username, password, deadline=envelope.expires_at
+                )
         except DirectoryError as exc:
             log.warning("directory_failed", error=str(exc), status=str(exc.status))
             reason = exc.detail.strip().strip("()") or type(exc).__name__

@@ -17,9 +17,10 @@ keep the rules every implementation must keep (DESIGN.md "Security rules"):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import ClassVar, Final, Protocol
 
 from agent.errors import AgentError
 from common.wire import MAX_DETAIL_CHARS, Status
@@ -85,14 +86,29 @@ class DirectoryMisconfigured(DirectoryError):
     """A directory setting is invalid: fix the setting named in the message."""
 
 
+BIND_MARGIN_S: Final = 0.25
+"""A bind is not started with less than this left before the request's deadline.
+
+A healthy bind takes milliseconds; with less than a quarter second left, its answer would
+hardly travel back (agent, broker, STS) before the STS answers the user 80002, and the
+directory would count a failed bind nobody sees the result of (issue 8 finding 10).
+"""
+TOO_LATE_DETAIL: Final = "too little time left before the request's deadline: not bound"
+
+
 class Directory(Protocol):
     """Validates a username and password against the on-premises directory."""
 
-    async def validate(self, username: str, password: str) -> Verdict:
+    async def validate(
+        self, username: str, password: str, *, deadline: float | None = None
+    ) -> Verdict:
         """Return the directory's verdict on ``username`` and ``password``.
 
-        Raises ``DirectoryUnavailable``, ``DirectoryTimeout`` or another ``DirectoryError``
-        when the directory could not be asked.
+        ``deadline`` (Unix time): the request's; a bind that could not finish before it
+        (less than ``BIND_MARGIN_S`` left) is not started, the answer is then
+        ``directory_timeout`` (the directory never sees a bind whose answer nobody waits
+        for). Raises ``DirectoryUnavailable``, ``DirectoryTimeout`` or another
+        ``DirectoryError`` when the directory could not be asked.
         """
         ...
 
@@ -115,12 +131,16 @@ class FakeDirectory:
     calls: list[str] = field(default_factory=list)
     is_closed: bool = False
 
-    async def validate(self, username: str, password: str) -> Verdict:
+    async def validate(
+        self, username: str, password: str, *, deadline: float | None = None
+    ) -> Verdict:
         """See ``Directory.validate``."""
         if self.is_closed:
             raise DirectoryError("validate() after aclose()")
         if not password:
             return Verdict(Status.INVALID_CREDENTIALS, "empty password refused")
+        if deadline is not None and time.time() > deadline - BIND_MARGIN_S:
+            return Verdict(Status.DIRECTORY_TIMEOUT, TOO_LATE_DETAIL)
         self.calls.append(username)
         if self.error is not None:
             raise self.error

@@ -63,7 +63,9 @@ from ldap3.core import exceptions as ldap_exc
 from ldap3.utils.conv import escape_filter_chars
 
 from agent.directory import (
+    BIND_MARGIN_S,
     REJECTED_DETAIL,
+    TOO_LATE_DETAIL,
     DirectoryError,
     DirectoryMisconfigured,
     DirectoryTimeout,
@@ -285,7 +287,9 @@ class LdapDirectory:
         with self._lock:
             return dict(self._counts)
 
-    async def validate(self, username: str, password: str) -> Verdict:
+    async def validate(
+        self, username: str, password: str, *, deadline: float | None = None
+    ) -> Verdict:
         """See ``agent.directory.Directory.validate`` and the module docstring."""
         if self._is_closed:
             raise DirectoryError("(validate() after aclose())")
@@ -303,7 +307,7 @@ class LdapDirectory:
         )
         if isinstance(value, Verdict):
             return value
-        return await self._run(self._validate_blocking, value, secret)
+        return await self._run(self._validate_blocking, value, secret, deadline)
 
     async def aclose(self) -> None:
         """Stop the threads (waiting for running calls) and unbind every connection."""
@@ -339,7 +343,7 @@ class LdapDirectory:
 
     # --- in a worker thread -----------------------------------------------------------
 
-    def _validate_blocking(self, value: str, secret: bytes) -> Verdict:
+    def _validate_blocking(self, value: str, secret: bytes, deadline: float | None) -> Verdict:
         """Search for the user's DN (or reuse a recent answer), bind as it, map the result.
 
         The DN cache saves the service search (the larger half of an LDAP validation) for
@@ -351,11 +355,17 @@ class LdapDirectory:
         password still costs the user exactly one failed bind in the directory's lockout
         count. A successful bind proves the password belongs to that entry; the residual
         risk, a login name moved to another entry within the TTL, is bounded by the TTL.
+
+        No bind starts with less than ``BIND_MARGIN_S`` before ``deadline``: this runs in a
+        worker thread, possibly after waiting for one, and an await cancelled at the
+        deadline would not stop it; the check sits right before each bind.
         """
         conns = self._conns()
         cached = self._cached_dn(value)
         if cached is not None:
             self._count("dn_cache_hits")
+            if _too_late(deadline):
+                return Verdict(Status.DIRECTORY_TIMEOUT, TOO_LATE_DETAIL)
             result = self._user_bind(conns, cached, secret)
             if not self._is_possibly_stale(result):
                 return self._verdict(conns, cached, result)
@@ -369,6 +379,8 @@ class LdapDirectory:
             found = self._service_call(conns, lambda conn: self._find(conn, value))
             if isinstance(found, Verdict):
                 return found
+        if _too_late(deadline):
+            return Verdict(Status.DIRECTORY_TIMEOUT, TOO_LATE_DETAIL)
         result = self._user_bind(conns, found, secret)
         verdict = self._verdict(conns, found, result)
         if verdict.status is not Status.INVALID_CREDENTIALS:
@@ -582,6 +594,14 @@ class LdapDirectory:
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
+
+
+def _too_late(deadline: float | None) -> bool:
+    """True when a bind could no longer finish before ``deadline`` (``BIND_MARGIN_S``)."""
+    if deadline is not None and time.time() > deadline - BIND_MARGIN_S:
+        log.info("bind_skipped", reason="too little time left before the deadline")
+        return True
+    return False
 
 
 def _lock_verdict(conn: ldap3.Connection, dn: str) -> Verdict:

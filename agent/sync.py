@@ -75,6 +75,7 @@ from agent.ldap_verdicts import (
     UNAVAILABLE,
     login_value,
 )
+from common.usernames import canonical_username
 
 __all__ = [
     "MAX_BATCH_BYTES",
@@ -196,6 +197,8 @@ def map_entry(
     local, at, suffix = username.rpartition("@")
     if at and local and suffix != domain.lower():
         return Skip.OTHER_DOMAIN
+    if username != canonical_username(username):
+        return Skip.BAD_LOGIN  # not ASCII: no sign-in name can find it (common.usernames)
     if len(username) > MAX_USERNAME_CHARS or isinstance(
         login_value(username, domain=domain, login_attribute=login_attribute), Verdict
     ):

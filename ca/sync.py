@@ -47,6 +47,7 @@ from ca.bodies import (
 from ca.errors import CaError, InvalidRequest, RequestTooLarge
 from ca.mtls import certificate_identity, verified_agent
 from ca.resources import AUTHORITY, CLOCK, POOL
+from common.usernames import canonical_username
 
 log = structlog.get_logger("ca.sync")
 
@@ -92,8 +93,10 @@ def check_batch(request: SyncRequest) -> Batch:
         where = f"users[{index}]"
         name = user.username
         local, at, domain = name.rpartition("@")
-        if name != name.lower():
-            raise InvalidRequest(f"Invalid request body: `{where}.username` must be lowercase.")
+        if name != canonical_username(name):  # the STS looks names up in this form only
+            raise InvalidRequest(
+                f"Invalid request body: `{where}.username` must be lowercase ASCII."
+            )
         if (
             not (local and at and domain)
             or "@" in local

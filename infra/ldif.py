@@ -63,9 +63,10 @@ MAX_AGE_S = 365 * 24 * 3600  # pwdMaxAge: an active seed stays valid for a year
 LOCKOUT_DURATION_S = 900  # pwdLockoutDuration: 15 min, AD-like auto-unlock
 # pwdMaxFailure. DESIGN.md ("Security rules") wants the STS smart lockout to trip before
 # the directory's: the stack runs the STS at threshold 4 (infra/services.py) with a first
-# lockout of 60 s, and slapd counts failures over the same 60 s window, so no 60 s
-# window ever lets 5 failures through to the directory: guessing is stopped in the cloud
-# and the user is not locked out on-premises.
+# lockout of 120 s, longer than slapd's 60 s window plus a request timeout and a margin,
+# so no window of slapd's ever sees 5 failures: guessing is stopped in the cloud and the
+# user is not locked out on-premises. The STS checks this at start-up
+# (PTA_STS_DIRECTORY_LOCKOUT_*, from these two numbers).
 MAX_FAILURE = 5
 FAILURE_COUNT_INTERVAL_S = 60
 EXPIRED_CHANGED_TIME = "20000101000000Z"  # far beyond pwdMaxAge for password_expired

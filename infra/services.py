@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import ssl
 import subprocess
 import sys
@@ -22,12 +23,18 @@ import asyncpg
 
 from infra.certs import StackPki
 from infra.demo import Demo, DemoTenant
+from infra.ldif import FAILURE_COUNT_INTERVAL_S, MAX_FAILURE
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
 
 # How many agents `make up` registers per tenant (DESIGN.md: three for contoso, two for
 # fabrikam, so that both multi-agent and cross-tenant behaviour show).
 AGENTS_PER_TENANT = {"contoso.test": 3, "fabrikam.test": 2}
 STS_LOCKOUT_THRESHOLD = 4
+# The first smart lockout outlasts slapd's failure window (ppolicy pwdFailureCountInterval,
+# 60 s) with room for a request timeout and a margin, so a burst of 4 and the next guess
+# never fall into one directory window: the STS checks this at start-up from the
+# PTA_STS_DIRECTORY_LOCKOUT_* settings below (sts.settings).
+STS_LOCKOUT_DURATION_S = 120
 
 
 def _script(name: str) -> str:
@@ -116,8 +123,15 @@ class Services:
                     "PTA_STS_INSTANCE_ID": f"sts{i + 1}",
                     # Below the directory's own lockout (slapd ppolicy: 5 failures), as
                     # DESIGN.md's smart lockout rule asks, so attackers are stopped in the
-                    # cloud before they lock users out on-premises.
+                    # cloud before they lock users out on-premises; the STS refuses to
+                    # start if the numbers do not guarantee it.
                     "PTA_STS_LOCKOUT_THRESHOLD": str(STS_LOCKOUT_THRESHOLD),
+                    "PTA_STS_LOCKOUT_DURATION_S": str(STS_LOCKOUT_DURATION_S),
+                    "PTA_STS_DIRECTORY_LOCKOUT_THRESHOLD": str(MAX_FAILURE),
+                    "PTA_STS_DIRECTORY_LOCKOUT_WINDOW_S": str(FAILURE_COUNT_INTERVAL_S),
+                    # Keys the fingerprints of recent wrong passwords (sts.lockout): a
+                    # repeat is answered without reaching slapd, which counts every bind.
+                    "PTA_STS_LOCKOUT_SECRET": self.lockout_secret(),
                     # MSAL's user realm call drops the port: replica 1 also serves :443.
                     "PTA_STS_EXTRA_LISTEN": (
                         f"{self.public_ip}:443" if (self.sts_https_443 and i == 0) else ""
@@ -127,6 +141,16 @@ class Services:
             )
             for i, port in enumerate(ports)
         ]
+
+    def lockout_secret(self) -> str:
+        """The STS replicas' smart lockout secret, made at the first start (mode 0600)."""
+        path = self.layout.state_dir / "secrets" / "sts-lockout-secret"
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
 
     def ca_program(self) -> Program:
         p = self.layout.ports

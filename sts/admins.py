@@ -11,6 +11,12 @@ parameters) and must never block the event loop. An unknown username is verified
 a dummy hash made with the same parameters, so both answers take about the same time.
 Unknown and wrong answers are different errors (AADSTS50034 and 50126), as in Entra; the
 time does not tell them apart, the code does.
+
+Smart lockout: the same admission as synced users (`sts.lockout.LockoutStore.enter`): a
+place in flight is taken under the row lock before the hash is checked and settled after,
+so parallel guesses cannot outrun the threshold (issue 8 finding 1), for the password
+grant and `/devicelogin` alike. Every failure counts (no fingerprints: there is no
+directory behind an admin to protect from repeats).
 """
 
 from __future__ import annotations
@@ -27,9 +33,12 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from common.usernames import canonical_username
 from sts.errors import InvalidCredentials, SmartLockout, UserNotFound
-from sts.lockout import LockoutStore
+from sts.lockout import Admission, LockoutStore, Settlement, admin_key
 from sts.queries import AdminRow, Database
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,9 @@ class Admin:
         return cls(str(row.id), str(row.tenant_id), row.username, row.display_name, row.roles)
 
 
+ADMIN_CHECK_DEADLINE_S = 10.0  # how long an admin sign-in may wait for a place in flight
+
+
 class AdminVerifier:
     """Checks admin passwords against their argon2id hashes, off the event loop."""
 
@@ -61,8 +73,8 @@ class AdminVerifier:
         """Put the admins under smart lockout (set once the lockout store exists).
 
         A guessed admin password would let an attacker register an agent and receive
-        every user's password, so admins get the same lockout as synced users, counted
-        in a key space of their own (`admin <username>`; usernames never hold a space).
+        every user's password, so admins go through the same admission as synced users
+        (`LockoutStore.enter` / `settle`), keyed on the admin's id (`admin_key`).
         """
         self._lockout = lockout
 
@@ -74,29 +86,48 @@ class AdminVerifier:
         dummy = await loop.run_in_executor(executor, hasher.hash, secrets.token_urlsafe(16))
         return cls(db, executor, dummy_hash=dummy)
 
-    async def verify(self, tenant_id: uuid.UUID, username: str, password: str) -> Admin:
+    async def find(self, tenant_id: uuid.UUID, username: str) -> AdminRow | None:
+        """The admin of this tenant a typed `username` names (common.usernames), if any."""
+        name = canonical_username(username)
+        return None if name is None else await self._db.admin_by_username(tenant_id, name)
+
+    async def verify(
+        self, tenant_id: uuid.UUID, username: str, password: str, *, row: AdminRow | None = None
+    ) -> Admin:
         """The admin `username` of this tenant, if `password` is theirs.
 
-        Raises UserNotFound (AADSTS50034) when the tenant has no such admin,
+        Raises UserNotFound (AADSTS50034) when the tenant has no such admin (after a
+        dummy hash check, so both answers take about the same time, and without any
+        lockout row: a typed name that matches no account leaves no trace),
         InvalidCredentials (AADSTS50126) when the password does not match, SmartLockout
-        (AADSTS50053) while the admin is locked out (no hash is checked then).
+        (AADSTS50053) while the admin is locked out: then no hash is checked. `row` is the
+        admin `find` already returned, to save a second lookup.
         """
-        key = f"admin {username.lower()}"
-        state = None
-        if self._lockout is not None:
-            state = await self._lockout.current(str(tenant_id), key)
-            if self._lockout.policy.is_locked(state, time.time()):
-                raise SmartLockout()
-        row = await self._db.admin_by_username(tenant_id, username)
-        is_match = await self._check(row.password_hash if row else self._dummy_hash, password)
         if row is None:
+            row = await self.find(tenant_id, username)
+        if row is None:
+            await self._check(self._dummy_hash, password)
             raise UserNotFound()
+        if self._lockout is None:
+            if not await self._check(row.password_hash, password):
+                raise InvalidCredentials()
+            return Admin.from_row(row)
+        tenant, key = str(tenant_id), admin_key(row.id)
+        verdict, _seen = await self._lockout.enter(
+            tenant, key, time.time() + ADMIN_CHECK_DEADLINE_S
+        )
+        if verdict is not Admission.ADMITTED:
+            raise SmartLockout()
+        settlement = Settlement.NEUTRAL
+        try:
+            is_match = await self._check(row.password_hash, password)
+            settlement = Settlement.SUCCESS if is_match else Settlement.FAILURE
+        finally:
+            new = await self._lockout.settle(tenant, key, time.time(), settlement)
         if not is_match:
-            if self._lockout is not None:
-                await self._lockout.record_failure(str(tenant_id), key, time.time(), None)
+            if self._lockout.policy.is_locked(new, time.time()):
+                log.warning("smart_lockout_started", username=row.username, lockouts=new.lockouts)
             raise InvalidCredentials()
-        if self._lockout is not None and state is not None:
-            await self._lockout.record_success(str(tenant_id), key, state)
         return Admin.from_row(row)
 
     async def by_id(self, tenant_id: uuid.UUID, admin_id: uuid.UUID) -> Admin | None:
@@ -115,7 +146,7 @@ class AdminVerifier:
             return False
         except InvalidHashError:
             # A malformed stored hash can never match; it is a data problem, not the user's.
-            structlog.get_logger(__name__).error("admin_password_hash_invalid")
+            log.error("admin_password_hash_invalid")
             return False
 
 

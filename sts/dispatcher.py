@@ -71,6 +71,7 @@ from common.envelope import verify_reply
 from common.wire import (
     Reply,
     RequestEnvelope,
+    Status,
     WireError,
     correlation_of,
     decode_reply,
@@ -102,6 +103,16 @@ class DispatchOutcome(StrEnum):
     NO_AGENT = "no_agent"  # AADSTS80001
     TIMEOUT = "timeout"  # AADSTS80002
     FORGED = "forged_reply"  # AADSTS80003: only forged replies came before the deadline
+
+
+@dataclass(frozen=True, slots=True)
+class LateReply:
+    """A genuine reply that came after its request's deadline (the user got 80002)."""
+
+    tenant_id: str
+    username: str
+    status: Status
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +341,9 @@ class Dispatcher:
         self._probe_channel: aiormq.abc.AbstractChannel | None = None
         self._probe_lock = asyncio.Lock()
         self._expired: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        # Requests that timed out, kept to settle a genuine late reply (smart lockout).
+        self._unanswered: OrderedDict[str, DispatchRequest] = OrderedDict()
+        self.on_late_reply: Callable[[LateReply], None] | None = None
         self.ready = asyncio.Event()  # set once connected and consuming replies
         self.counters: Counter[str] = Counter()
 
@@ -467,6 +481,9 @@ class Dispatcher:
         self._expired[env.request_id] = (request.correlation_id, env.tenant_id, env.expires_at)
         while len(self._expired) > _MAX_REMEMBERED_EXPIRED:
             self._expired.popitem(last=False)
+        self._unanswered[env.request_id] = request
+        while len(self._unanswered) > _MAX_REMEMBERED_EXPIRED:
+            self._unanswered.popitem(last=False)
         if forged:
             return DispatchResult(
                 DispatchOutcome.FORGED, detail=f"{forged} forged replies and no genuine one"
@@ -497,6 +514,7 @@ class Dispatcher:
             self._forged(reply, pending, "correlation id differs from the request id")
             return
         if pending is None:
+            self._settle_late(reply)
             self._late(reply)
             return
         check = check_reply(reply, reply_key=pending.reply_key, recipients=pending.recipients)
@@ -531,6 +549,20 @@ class Dispatcher:
             status=str(reply.status),
             **fields,
         )
+
+    def _settle_late(self, reply: Reply) -> None:
+        """Hand a genuine (MAC-checked) late reply to `on_late_reply`, once.
+
+        The directory saw that bind even though the user was answered 80002: smart lockout
+        counts it now (issue 8 finding 10). A reply that does not check is only logged.
+        """
+        request = self._unanswered.pop(reply.request_id, None)
+        if request is None or self.on_late_reply is None:
+            return
+        check = check_reply(reply, reply_key=request.reply_key, recipients=request.recipients)
+        if check is ReplyCheck.ACCEPTED:
+            env = request.envelope
+            self.on_late_reply(LateReply(env.tenant_id, env.username, reply.status, env.expires_at))
 
     def _late(self, reply: Reply) -> None:
         self.counters["late"] += 1

@@ -14,10 +14,12 @@ The policy (`LockoutPolicy`, pure: the caller passes `now`) follows Entra's smar
 - with a fingerprint key, the last `remembered_passwords` (3, as Entra) wrong passwords
   are remembered as keyed fingerprints (HMAC-SHA256 under a per-deployment secret, never
   a plain hash, which would be a cheap offline guessing target): typing the same wrong
-  password again does not count again. A repeat is still sent to the agent, and a
+  password again does not count again, and within `repeat_window_s` of the latest
+  failure it is not even sent: `is_repeat` answers it AADSTS50126 from memory, so a
   directory that counts every failed bind (OpenLDAP ppolicy does; AD exempts only
-  recent old passwords) counts it: with such a directory, leave the secret unset, or
-  the directory may lock a user the cloud did not.
+  recent old passwords) never sees a stale password twice (issue 8 finding 12);
+- every account goes through one admission (`LockoutStore.enter` / `settle`), keyed on
+  the account found (`user_key`, `admin_key`), never on a typed name.
 
 State lives in PostgreSQL (`lockouts`, migration 005) so every replica counts together;
 `LockoutStore` converts rows and runs the read-modify-write under a row lock. The read
@@ -27,12 +29,15 @@ no extra round trip for lockout unless it fails or clears a previous failure.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import enum
 import hashlib
 import hmac
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -55,6 +60,11 @@ class Settlement(enum.Enum):
 
     FAILURE = "failure"  # a wrong password
     SUCCESS = "success"
+    # No genuine answer before the deadline (timeout, only forged replies): the agent
+    # may still be binding, so the place stays in flight until its `in_flight_until`
+    # (deadline + IN_FLIGHT_MARGIN_S; agents start no bind near the deadline), and a
+    # genuine late reply settles it when it comes (`sts.dispatcher.LateReply`).
+    UNANSWERED = "unanswered"
     NEUTRAL = "neutral"  # anything else: neither counts nor clears
 
 
@@ -85,10 +95,42 @@ class LockoutPolicy:
     max_duration_s: float = 3600.0
     forget_after_s: float = 86_400.0
     remembered_passwords: int = 3
+    repeat_window_s: float = 900.0  # a known wrong password is answered from memory this long
 
     def __post_init__(self) -> None:
         if self.threshold < 1 or self.duration_s <= 0 or self.max_duration_s < self.duration_s:
             raise ValueError("need threshold >= 1 and 0 < duration_s <= max_duration_s")
+
+    def is_repeat(self, state: LockoutState, fingerprint: bytes | None, now: float) -> bool:
+        """True when `fingerprint` is one of the user's wrong passwords of the last
+        `repeat_window_s` (counted from the latest failure the directory answered).
+
+        Such a password is answered "wrong" without being sent (issue 8 finding 12): the
+        directory, which counts every failed bind, never sees a stale password again. A
+        success forgets the fingerprints (`after_success`); the window bounds the one case
+        memory can be wrong, a password changed on-premises to a recent wrong one.
+        """
+        if fingerprint is None or state.last_failure_at is None:
+            return False
+        if now - state.last_failure_at > self.repeat_window_s:
+            return False
+        return fingerprint in state.recent_failures
+
+    def failures_within(self, window_s: float) -> int:
+        """The most failures this policy lets through to the directory within any
+        `window_s` seconds: a burst of `threshold` (all in flight at once), then one per
+        lockout, each lockout twice as long (capped). Pure; used at start-up to check the
+        cloud trips before the directory (`sts.settings`)."""
+        count = self.threshold
+        elapsed = 0.0
+        lockouts = 1
+        while count < 10_000:
+            elapsed += self.lock_duration(lockouts)
+            if elapsed > window_s:
+                return count
+            count += 1
+            lockouts += 1
+        return count
 
     def locked_for(self, state: LockoutState, now: float) -> float:
         """Seconds the user stays locked; 0 when they may sign in."""
@@ -223,36 +265,48 @@ def row_from_state(state: LockoutState) -> LockoutRow:
     )
 
 
-class LockoutStore:
-    """Applies the policy to the shared rows. Raises DatabaseUnavailable."""
+IN_FLIGHT_MARGIN_S = 5.0  # how long past its deadline an attempt's place stays reserved
+ADMISSION_POLL_S = 0.02  # how often a waiting attempt asks again for a place in flight
 
-    def __init__(self, db: Database, policy: LockoutPolicy, *, key: bytes | None) -> None:
+
+def user_key(stored_username: str) -> str:
+    """The lockout key of a synced user: their stored (canonical) name, never a typed one."""
+    return stored_username
+
+
+def admin_key(admin_id: uuid.UUID | str) -> str:
+    """The lockout key of a cloud-only admin: their id (usernames never hold a space)."""
+    return f"admin {admin_id}"
+
+
+class LockoutStore:
+    """Applies the policy to the shared rows. Raises DatabaseUnavailable.
+
+    One admission mechanism for every account that can be guessed at (synced users and
+    cloud-only admins alike, whatever the flow): `enter` takes a place in flight under
+    the row lock before the password is checked anywhere, `settle` releases it and counts
+    what the check came to. `key` is always the key of an account that exists (`user_key`,
+    `admin_key`): a name that matches no account never gets a row.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        policy: LockoutPolicy,
+        *,
+        key: bytes | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._db = db
         self.policy = policy
         self._key = key
+        self._clock = clock
 
     def fingerprint(self, tenant_id: str, username: str, password: str) -> bytes | None:
         """The keyed fingerprint of `password`, or None when no secret is configured."""
         if self._key is None:
             return None
         return fingerprint(self._key, tenant_id, username, password)
-
-    async def record_failure(
-        self, tenant_id: str, username: str, now: float, password_fingerprint: bytes | None
-    ) -> LockoutState:
-        """Count one wrong password; returns the new state (locked or not)."""
-
-        def mutate(row: LockoutRow) -> LockoutRow:
-            new = self.policy.after_failure(state_from_row(row), now, password_fingerprint)
-            return row_from_state(new)
-
-        row = await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
-        return state_from_row(row)
-
-    async def current(self, tenant_id: str, username: str) -> LockoutState:
-        """The user's counters as stored now."""
-        row = await self._db.update_lockout(uuid.UUID(tenant_id), username, lambda r: r)
-        return state_from_row(row)
 
     async def admit(
         self, tenant_id: str, username: str, now: float, until: float
@@ -271,6 +325,24 @@ class LockoutStore:
         await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
         return seen[-1]
 
+    async def enter(
+        self, tenant_id: str, key: str, deadline: float, clock: Callable[[], float] | None = None
+    ) -> tuple[Admission, LockoutState]:
+        """Wait for a place in flight until `deadline`: ADMITTED, or LOCKED with the state.
+
+        Parallel attempts of one account wait for earlier answers instead of all reaching
+        the password check at once; one still waiting at `deadline` is answered LOCKED (it
+        was only kept out because enough others could still lock the account).
+        """
+        now = clock or self._clock
+        while True:
+            verdict, seen = await self.admit(tenant_id, key, now(), deadline + IN_FLIGHT_MARGIN_S)
+            if verdict is Admission.ADMITTED:
+                return verdict, seen
+            if verdict is Admission.LOCKED or now() >= deadline:
+                return Admission.LOCKED, seen
+            await asyncio.sleep(ADMISSION_POLL_S)
+
     async def settle(
         self,
         tenant_id: str,
@@ -278,12 +350,19 @@ class LockoutStore:
         now: float,
         settlement: Settlement,
         password_fingerprint: bytes | None = None,
+        *,
+        release: bool = True,
     ) -> LockoutState:
-        """Release an admitted attempt's place and count what it came to."""
+        """Release an admitted attempt's place and count what it came to.
+
+        UNANSWERED keeps the place (it expires by itself); `release=False` counts without
+        releasing (a late reply whose place has expired already).
+        """
 
         def mutate(row: LockoutRow) -> LockoutRow:
             state = state_from_row(row)
-            released = self.policy.with_settled(state, now)
+            is_kept = settlement is Settlement.UNANSWERED or not release
+            released = state if is_kept else self.policy.with_settled(state, now)
             if settlement is Settlement.FAILURE:
                 new = self.policy.after_failure(state, now, password_fingerprint)
             elif settlement is Settlement.SUCCESS:
@@ -298,11 +377,6 @@ class LockoutStore:
 
         row = await self._db.update_lockout(uuid.UUID(tenant_id), username, mutate)
         return state_from_row(row)
-
-    async def record_success(self, tenant_id: str, username: str, state: LockoutState) -> None:
-        """Forget the user's failures; no write when there were none."""
-        if not state.is_clear:
-            await self._db.clear_lockout(uuid.UUID(tenant_id), username)
 
 
 LOCKOUT = web.AppKey("lockout", LockoutStore)

@@ -1,17 +1,23 @@
 """`AgentPasswordValidator`: the `sts.signin.PasswordValidator` of synced users.
 
 One call is one sign-in attempt (DESIGN.md flow 3), in this order, the first answer wins:
-1. the user: a synced user of this tenant (`users`, tenant-scoped, with their lockout
-   state in the same query); unknown is AADSTS50034, and no agent is asked;
+1. the user: the typed name normalised once (`common.usernames`), then a synced user of
+   this tenant (`users`, tenant-scoped, with their lockout state in the same query);
+   unknown is AADSTS50034, and no agent is asked;
 2. smart lockout (`sts.lockout`): a locked user is AADSTS50053, no agent is asked;
 3. an empty password is AADSTS50126 at once, never sent (an LDAP simple bind with an
-   empty password is an anonymous bind and "succeeds": DESIGN.md security rules);
+   empty password is an anonymous bind and "succeeds": DESIGN.md security rules); so is
+   a recent wrong password of this user (`LockoutPolicy.is_repeat`): the directory
+   never counts a stale password twice; then a place in flight (`LockoutStore.enter`);
 4. the envelope: sealed (`common.envelope.seal`) for every active agent of the tenant
    (`sts.agent_keys`) with a fresh request id and reply key, deadline `request_timeout_s`;
    no active agent (or no broker configured) is AADSTS80001;
 5. dispatch (`sts.dispatcher`) and the agent's answer mapped by DESIGN.md's table
    (`error_for`);
-6. lockout bookkeeping: `invalid_credentials` counts a failure, `success` clears them;
+6. lockout bookkeeping: `invalid_credentials` counts a failure, `success` clears them,
+   an attempt nobody answered counts as a failure (`Settlement.UNANSWERED`);
+   unknown users and recent wrong passwords are answered after a delay drawn from the
+   tenant's recent agent round trips (`RoundTrips`), so time tells no more than the code;
 7. one sign-in log row (`sts.signin_log`, off the hot path) and one `sign_in` log line
    with outcome, AADSTS code, agent id and latency (the correlation id is in the context).
 
@@ -28,8 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import secrets
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,6 +46,7 @@ import structlog
 from aiohttp import web
 
 from common.envelope import new_reply_key, seal
+from common.usernames import canonical_username
 from common.wire import Status
 from sts.admins import ADMINS
 from sts.agent_keys import AGENT_KEYS, AgentKeys, recipients_of
@@ -47,6 +56,7 @@ from sts.dispatcher import (
     Dispatcher,
     DispatchOutcome,
     DispatchRequest,
+    LateReply,
 )
 from sts.errors import (
     AGENT_STATUS_ERRORS,
@@ -60,12 +70,13 @@ from sts.errors import (
     UserNotFound,
 )
 from sts.lockout import (
+    IN_FLIGHT_MARGIN_S,
     LOCKOUT,
     Admission,
-    LockoutPolicy,
     LockoutStore,
     Settlement,
     state_from_row,
+    user_key,
 )
 from sts.queries import DATABASE, Database, SignInRecord, SignInUserRow
 from sts.settings import SETTINGS
@@ -90,6 +101,7 @@ class StsOutcome(StrEnum):
     NO_AGENT = "no_agent"
     TIMEOUT = "timeout"
     FORGED_REPLY = "forged_reply"
+    REPEATED_PASSWORD = "repeated_password"  # noqa: S105 -- a recent wrong one, not sent
 
 
 STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
@@ -100,13 +112,26 @@ STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
     StsOutcome.NO_AGENT: NoAgentAvailable,
     StsOutcome.TIMEOUT: AgentTimeout,
     StsOutcome.FORGED_REPLY: AgentReplyInvalid,
+    StsOutcome.REPEATED_PASSWORD: InvalidCredentials,
 }
 """DESIGN.md's table, the rows without an agent status."""
 
 _STS_OUTCOMES = frozenset(str(o) for o in StsOutcome)
 
-IN_FLIGHT_MARGIN_S = 5.0  # how long past its deadline an attempt's place stays reserved
-ADMISSION_POLL_S = 0.02  # how often a waiting attempt asks again for a place in flight
+_ANSWERED = frozenset({str(Status.SUCCESS), str(Status.INVALID_CREDENTIALS)})
+_DISGUISED = frozenset({str(StsOutcome.USER_NOT_FOUND), str(StsOutcome.REPEATED_PASSWORD)})
+"""Answers timed like an agent's (`RoundTrips`), so that time tells nothing more."""
+
+_SETTLEMENTS: dict[str, Settlement] = {
+    Status.INVALID_CREDENTIALS: Settlement.FAILURE,
+    Status.SUCCESS: Settlement.SUCCESS,
+    # No genuine answer before the deadline, though the agent may be binding: the place
+    # stays in flight until it expires, and a late genuine reply is settled when it comes
+    # (`settle_late`). The agent's own directory_timeout is an answer: neutral.
+    StsOutcome.TIMEOUT: Settlement.UNANSWERED,
+    StsOutcome.FORGED_REPLY: Settlement.UNANSWERED,
+}
+"""How each result counts toward smart lockout; anything else is neutral."""
 
 _DISPATCH_OUTCOMES = {
     DispatchOutcome.NO_AGENT: StsOutcome.NO_AGENT,
@@ -138,6 +163,38 @@ class Attempt:
     request_id: str | None = None
 
 
+class RoundTrips:
+    """Recent durations of sign-ins the agents answered, per tenant (issue 8 finding 7).
+
+    An unknown user (or a recent wrong password, answered from memory) is answered after
+    a delay drawn from these, so a client measuring times cannot tell those answers from
+    an agent's. Bounded: `per_tenant` durations for each of at most `tenants` tenants (the
+    least recently answered tenant is forgotten first). Pure memory, no I/O.
+    """
+
+    def __init__(self, *, per_tenant: int = 64, tenants: int = 10_000) -> None:
+        self._per_tenant = per_tenant
+        self._tenants = tenants
+        self._by_tenant: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque(maxlen=per_tenant)
+
+    def add(self, tenant_id: str, seconds: float) -> None:
+        durations = self._by_tenant.pop(tenant_id, None) or deque(maxlen=self._per_tenant)
+        durations.append(seconds)
+        self._by_tenant[tenant_id] = durations
+        while len(self._by_tenant) > self._tenants:
+            self._by_tenant.popitem(last=False)
+        self._all.append(seconds)
+
+    def sample(self, tenant_id: str) -> float | None:
+        """One recent duration of this tenant, else of any tenant; None before any."""
+        durations = self._by_tenant.get(tenant_id) or self._all
+        return secrets.choice(durations) if durations else None
+
+
+MAX_DISGUISED = 1000  # answers held back at once; beyond, answered at once (never queued)
+
+
 class AgentPasswordValidator:
     """Validates synced users' passwords through the tenant's agents (module docstring)."""
 
@@ -159,6 +216,9 @@ class AgentPasswordValidator:
         self._sign_in_log = sign_in_log
         self._request_timeout_s = request_timeout_s
         self._clock = clock
+        self.round_trips = RoundTrips()
+        self._disguised = 0
+        self._late_tasks: set[asyncio.Task[None]] = set()
 
     async def validate(
         self, tenant: Tenant, username: str, password: str, context: SignInContext
@@ -172,6 +232,10 @@ class AgentPasswordValidator:
                 tenant, username, context, Attempt(ERROR, detail=exc.error), started, exc.code
             )
             raise
+        if attempt.agent_id is not None and attempt.result in _ANSWERED:
+            self.round_trips.add(tenant.id, time.perf_counter() - started)
+        elif attempt.result in _DISGUISED:
+            await self._disguise(tenant, started)
         error = error_for(attempt.result)
         self._record(tenant, username, context, attempt, started, error.code if error else 0)
         if error is not None:
@@ -187,11 +251,31 @@ class AgentPasswordValidator:
             agent_id=attempt.agent_id,
         )
 
+    async def _disguise(self, tenant: Tenant, started: float) -> None:
+        """Wait until the answer takes as long as one the agents gave (`RoundTrips`).
+
+        Holds nothing but this coroutine (no database connection, no agent); at most the
+        request timeout, and at most `MAX_DISGUISED` at once, so it cannot be turned into a
+        resource sink or an amplifier: a flood gets its answers at once instead.
+        """
+        target = self.round_trips.sample(tenant.id)
+        if target is None or self._disguised >= MAX_DISGUISED:
+            return
+        delay = min(target, self._request_timeout_s) - (time.perf_counter() - started)
+        if delay <= 0:
+            return
+        self._disguised += 1
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self._disguised -= 1
+
     async def _attempt(
         self, tenant: Tenant, username: str, password: str, context: SignInContext
     ) -> Attempt:
         """Steps 1 to 6 of the module docstring."""
-        user = await self._db.sign_in_user(tenant.uuid, username)
+        name = canonical_username(username)
+        user = None if name is None else await self._db.sign_in_user(tenant.uuid, name)
         if user is None:
             return Attempt(StsOutcome.USER_NOT_FOUND)
         state = state_from_row(user.lockout)
@@ -202,19 +286,16 @@ class AgentPasswordValidator:
             return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
         if not password:
             return Attempt(StsOutcome.EMPTY_PASSWORD, user)
+        key = user_key(user.username)
+        if policy.is_repeat(state, self._lockout.fingerprint(tenant.id, key, password), now):
+            return Attempt(StsOutcome.REPEATED_PASSWORD, user, detail="a recent wrong password")
         deadline = now + self._request_timeout_s
         # A place in flight for this user (all replicas count together): parallel guesses
         # wait for earlier answers instead of all reaching the directory at once.
-        while True:
-            verdict, seen = await self._lockout.admit(
-                tenant.id, user.username, self._clock(), deadline + IN_FLIGHT_MARGIN_S
-            )
-            if verdict is Admission.ADMITTED:
-                break
-            if verdict is Admission.LOCKED or self._clock() >= deadline:
-                locked_s = round(policy.locked_for(seen, self._clock()))
-                return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
-            await asyncio.sleep(ADMISSION_POLL_S)
+        verdict, seen = await self._lockout.enter(tenant.id, key, deadline, self._clock)
+        if verdict is not Admission.ADMITTED:
+            locked_s = round(policy.locked_for(seen, self._clock()))
+            return Attempt(StsOutcome.SMART_LOCKOUT, user, detail=f"locked for {locked_s} s")
         attempt: Attempt | None = None
         try:
             attempt = await self._dispatch_admitted(tenant, user, password, context, deadline)
@@ -282,22 +363,15 @@ class AgentPasswordValidator:
         then expires on its own (`in_flight_until`).
         """
         result = attempt.result if attempt is not None else ""
-        settlement = (
-            Settlement.FAILURE
-            if result == Status.INVALID_CREDENTIALS
-            else Settlement.SUCCESS
-            if result == Status.SUCCESS
-            else Settlement.NEUTRAL
-        )
+        settlement = _SETTLEMENTS.get(result, Settlement.NEUTRAL)
+        key = user_key(user.username)
         fingerprint = (
-            self._lockout.fingerprint(tenant.id, user.username, password)
+            self._lockout.fingerprint(tenant.id, key, password)
             if settlement is Settlement.FAILURE
             else None
         )
         try:
-            new = await self._lockout.settle(
-                tenant.id, user.username, self._clock(), settlement, fingerprint
-            )
+            new = await self._lockout.settle(tenant.id, key, self._clock(), settlement, fingerprint)
         except DatabaseUnavailable:
             log.error("lockout_update_failed", username=user.username, outcome=result)
             return
@@ -308,6 +382,35 @@ class AgentPasswordValidator:
                 lockouts=new.lockouts,
                 locked_for_s=round(self._lockout.policy.locked_for(new, self._clock())),
             )
+
+    def settle_late(self, late: LateReply) -> None:
+        """`Dispatcher.on_late_reply`: count a genuine reply that came after the deadline.
+
+        The user was answered 80002, but the directory saw the bind: a wrong password
+        counts now, and the place the attempt kept is released if it has not expired.
+        """
+        task = asyncio.get_running_loop().create_task(self._settle_late(late))
+        self._late_tasks.add(task)
+        task.add_done_callback(self._late_tasks.discard)
+
+    async def _settle_late(self, late: LateReply) -> None:
+        settlement = _SETTLEMENTS.get(str(late.status), Settlement.NEUTRAL)
+        now = self._clock()
+        is_held = now <= late.expires_at + IN_FLIGHT_MARGIN_S
+        try:
+            new = await self._lockout.settle(
+                late.tenant_id, user_key(late.username), now, settlement, release=is_held
+            )
+        except DatabaseUnavailable:
+            log.error("lockout_update_failed", username=late.username, outcome="late_reply")
+            return
+        log.info(
+            "late_reply_settled",
+            username=late.username,
+            status=str(late.status),
+            failures=new.failures,
+            is_locked=self._lockout.policy.is_locked(new, now),
+        )
 
     def _record(
         self,
@@ -379,13 +482,15 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
     secret = settings.lockout_secret
     lockout = LockoutStore(
         db,
-        LockoutPolicy(
-            threshold=settings.lockout_threshold,
-            duration_s=settings.lockout_duration_s,
-            max_duration_s=settings.lockout_max_duration_s,
-        ),
+        settings.lockout_policy(),
         key=None if secret is None else secret.get_secret_value().encode(),
     )
+    if settings.directory_lockout_threshold is None:
+        log.warning(
+            "directory_lockout_unchecked",
+            detail="PTA_STS_DIRECTORY_LOCKOUT_* unset: smart lockout is not checked against "
+            "the directory's",
+        )
     dispatcher = None
     if settings.amqp_url is not None:
         dispatcher = Dispatcher(
@@ -401,7 +506,7 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
     app[SIGN_IN_LOG] = sign_in_log
     app[LOCKOUT] = lockout
     app[ADMINS].attach_lockout(lockout)
-    app[PASSWORD_VALIDATOR] = AgentPasswordValidator(
+    validator = AgentPasswordValidator(
         db=db,
         agent_keys=agent_keys,
         dispatcher=dispatcher,
@@ -409,6 +514,9 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
         sign_in_log=sign_in_log,
         request_timeout_s=settings.request_timeout_s,
     )
+    app[PASSWORD_VALIDATOR] = validator
+    if dispatcher is not None:
+        dispatcher.on_late_reply = validator.settle_late
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(agent_keys.listen(), name="sts-agent-keys-listen"),

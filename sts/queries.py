@@ -91,7 +91,7 @@ WHERE d.name = lower($1) AND d.is_verified"""
 
 _ADMIN_BY_USERNAME = """
 SELECT id, tenant_id, username, display_name, password_hash, roles
-FROM admins WHERE tenant_id = $1 AND username = lower($2)"""
+FROM admins WHERE tenant_id = $1 AND username = $2"""
 
 _ADMIN_BY_ID = """
 SELECT id, tenant_id, username, display_name, password_hash, roles
@@ -178,6 +178,7 @@ class Database:
         return None if row is None else TenantRow(row["id"], row["name"], row["block_legacy_auth"])
 
     async def admin_by_username(self, tenant_id: uuid.UUID, username: str) -> AdminRow | None:
+        """The admin stored under this canonical name (common.usernames), if any."""
         async with self._connection() as conn:
             row = await conn.fetchrow(_ADMIN_BY_USERNAME, tenant_id, username)
         return None if row is None else _admin(row)
@@ -275,7 +276,8 @@ class Database:
     # -- sign-in through the agents (sts.passwords; rows and SQL at the end) ------------
 
     async def sign_in_user(self, tenant_id: uuid.UUID, username: str) -> SignInUserRow | None:
-        """A synced user of this tenant and their smart lockout state, in one round trip."""
+        """A synced user of this tenant (by canonical name, common.usernames) and their
+        smart lockout state, in one round trip."""
         async with self._connection() as conn:
             row = await conn.fetchrow(_SIGN_IN_USER, tenant_id, username)
         if row is None:
@@ -305,11 +307,16 @@ class Database:
 
         One upsert creates the zero row or locks the existing one and returns it, so two
         first failures at once (or a failure racing a success's delete) serialise on the
-        row lock instead of losing a count.
+        row lock instead of losing a count. A row that comes back to zero is deleted: the
+        table holds only accounts with something to remember. `username` is the lockout
+        key of an account that exists (sts.lockout: never a typed name).
         """
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(_LOCK_LOCKOUT, tenant_id, username)
             new = mutate(_lockout(row))
+            if new == LockoutRow():
+                await conn.execute(_DELETE_LOCKOUT, tenant_id, username)
+                return new
             await conn.execute(
                 _UPDATE_LOCKOUT,
                 tenant_id,
@@ -323,11 +330,6 @@ class Database:
                 new.in_flight_until,
             )
         return new
-
-    async def clear_lockout(self, tenant_id: uuid.UUID, username: str) -> None:
-        """Forget a user's failures (after a successful sign-in)."""
-        async with self._connection() as conn:
-            await conn.execute(_DELETE_LOCKOUT, tenant_id, username)
 
     async def insert_sign_ins(self, records: Sequence[SignInRecord]) -> None:
         """Append sign-in log rows with one COPY (sts.signin_log batches them)."""
@@ -727,7 +729,7 @@ SELECT u.id, u.username, u.display_name, u.immutable_id,
        l.in_flight, l.in_flight_until
 FROM users u
 LEFT JOIN lockouts l ON l.tenant_id = u.tenant_id AND l.username = u.username
-WHERE u.tenant_id = $1 AND u.username = lower($2)"""
+WHERE u.tenant_id = $1 AND u.username = $2"""
 
 # DESIGN.md flow 1: at most 40 agents per tenant, and at most 40 recipients per envelope.
 _ACTIVE_AGENTS = """
@@ -739,7 +741,7 @@ LIMIT 40"""
 # The no-op DO UPDATE takes the row lock (held to the end of the transaction) and makes
 # RETURNING give the existing row; a new one starts at zero.
 _LOCK_LOCKOUT = """
-INSERT INTO lockouts (tenant_id, username) VALUES ($1, lower($2))
+INSERT INTO lockouts (tenant_id, username) VALUES ($1, $2)
 ON CONFLICT (tenant_id, username) DO UPDATE SET failures = lockouts.failures
 RETURNING failures, lockouts, locked_until, last_failure_at, recent_failures,
     in_flight, in_flight_until"""
@@ -747,6 +749,6 @@ RETURNING failures, lockouts, locked_until, last_failure_at, recent_failures,
 _UPDATE_LOCKOUT = """
 UPDATE lockouts SET failures = $3, lockouts = $4, locked_until = $5, last_failure_at = $6,
     recent_failures = $7, in_flight = $8, in_flight_until = $9
-WHERE tenant_id = $1 AND username = lower($2)"""
+WHERE tenant_id = $1 AND username = $2"""
 
-_DELETE_LOCKOUT = "DELETE FROM lockouts WHERE tenant_id = $1 AND username = lower($2)"
+_DELETE_LOCKOUT = "DELETE FROM lockouts WHERE tenant_id = $1 AND username = $2"

@@ -37,11 +37,19 @@ Sign-in through the agents (`sts.passwords`, `sts.dispatcher`, `sts.lockout`):
   count is re-read from the broker (in the background) to answer 80001 at once.
 - `PTA_STS_LOCKOUT_THRESHOLD` (10), `PTA_STS_LOCKOUT_DURATION_S` (60),
   `PTA_STS_LOCKOUT_MAX_DURATION_S` (3600): smart lockout; keep the threshold below the
-  directory's own (slapd's ppolicy `pwdMaxFailure`, AD's lockout threshold).
-- `PTA_STS_LOCKOUT_SECRET` (unset): a per-deployment secret (at least 32 characters,
-  the same on every replica) keying the fingerprints of recent wrong passwords, so that
-  repeating one wrong password counts once. Unset: every failure counts (keep it unset
-  when the directory counts repeats itself, as OpenLDAP's ppolicy does: see sts.lockout).
+  directory's own (slapd's ppolicy `pwdMaxFailure`, AD's lockout threshold), which the
+  directory settings below make a start-up check.
+- `PTA_STS_LOCKOUT_SECRET` (unset; the stack always sets one): a per-deployment secret
+  (at least 32 characters, the same on every replica) keying the fingerprints of recent
+  wrong passwords: repeating one wrong password counts once, and within
+  `PTA_STS_LOCKOUT_REPEAT_WINDOW_S` (900; 0 turns it off) of the last failure a repeat is
+  answered AADSTS50126 without reaching the directory at all. Unset: every failure counts
+  and every attempt is sent.
+- `PTA_STS_DIRECTORY_LOCKOUT_THRESHOLD`, `PTA_STS_DIRECTORY_LOCKOUT_WINDOW_S` (unset):
+  the directory's own lockout (slapd: `pwdMaxFailure`, `pwdFailureCountInterval`; AD:
+  lockout threshold, observation window). When set, the STS refuses to start unless its
+  smart lockout lets fewer failures through within that window (widened by the request
+  timeout and a 10 s margin) than the directory's threshold; unset, it logs a warning.
 - `PTA_STS_EXTRA_LISTEN` (empty): comma-separated `host:port` list of additional sockets
   serving the same app (same TLS), e.g. `127.0.0.1:443` for MSAL, which asks
   `https://{host}/common/userrealm/...` without the port.
@@ -61,10 +69,15 @@ from aiohttp import web
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sts.lockout import LockoutPolicy
+
 ENV_PREFIX = "PTA_STS_"
 
 PositiveSeconds = Annotated[int, Field(gt=0, le=86_400)]
 _90_DAYS_S = 90 * 86_400
+
+# Slack on top of the directory's window and the request timeout (clock skew, queueing).
+DIRECTORY_WINDOW_MARGIN_S = 10.0
 
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
@@ -110,6 +123,10 @@ class StsSettings(BaseSettings):
     lockout_duration_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     lockout_max_duration_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 3600.0
     lockout_secret: SecretStr | None = None
+    lockout_repeat_window_s: Annotated[float, Field(ge=0, le=86_400)] = 900.0
+    directory_lockout_threshold: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    # 0 (slapd: failures never expire) cannot be honoured: no cloud lockout is short of it.
+    directory_lockout_window_s: Annotated[float, Field(gt=0, le=86_400)] | None = None
     extra_listen: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
     signin_log_batch: Annotated[int, Field(ge=1, le=10_000)] = 200
     signin_log_flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
@@ -188,6 +205,48 @@ class StsSettings(BaseSettings):
                 f"{ENV_PREFIX}LOCKOUT_DURATION_S"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_lockout_below_directory(self) -> StsSettings:
+        """Refuse a smart lockout that would not trip before the directory's own.
+
+        The directory locks after `directory_lockout_threshold` failed binds within
+        `directory_lockout_window_s`. Its clock and the cloud's differ by up to one request
+        (a bind happens before its answer is counted), so the window is widened by the
+        request timeout and `DIRECTORY_WINDOW_MARGIN_S`; the cloud must let fewer failures
+        than the threshold through in any such window (`LockoutPolicy.failures_within`).
+        """
+        if self.directory_lockout_threshold is None:
+            return self
+        if self.directory_lockout_window_s is None:
+            raise ValueError(
+                f"{ENV_PREFIX}DIRECTORY_LOCKOUT_WINDOW_S must be set with "
+                f"{ENV_PREFIX}DIRECTORY_LOCKOUT_THRESHOLD"
+            )
+        window = self.directory_lockout_window_s + self.request_timeout_s
+        window += DIRECTORY_WINDOW_MARGIN_S
+        passed = self.lockout_policy().failures_within(window)
+        if passed >= self.directory_lockout_threshold:
+            raise ValueError(
+                f"smart lockout would not trip before the directory's: {ENV_PREFIX}"
+                f"LOCKOUT_THRESHOLD={self.lockout_threshold} and LOCKOUT_DURATION_S="
+                f"{self.lockout_duration_s:g} let {passed} failures through within "
+                f"{window:g} s ({ENV_PREFIX}DIRECTORY_LOCKOUT_WINDOW_S + "
+                f"REQUEST_TIMEOUT_S + {DIRECTORY_WINDOW_MARGIN_S:g} s margin), and the "
+                f"directory locks at {ENV_PREFIX}DIRECTORY_LOCKOUT_THRESHOLD="
+                f"{self.directory_lockout_threshold}: lower the threshold or lengthen "
+                "the lockout"
+            )
+        return self
+
+    def lockout_policy(self) -> LockoutPolicy:
+        """The smart lockout policy these settings describe."""
+        return LockoutPolicy(
+            threshold=self.lockout_threshold,
+            duration_s=self.lockout_duration_s,
+            max_duration_s=max(self.lockout_max_duration_s, self.lockout_duration_s),
+            repeat_window_s=self.lockout_repeat_window_s,
+        )
 
     @model_validator(mode="after")
     def _check_refresh_lifetimes(self) -> StsSettings:

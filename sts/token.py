@@ -84,9 +84,9 @@ async def _password_grant(
     scope = parse_scope(form.get("scope"), client.client_id)
     username = form.require("username")
     password = form.require("password")
-    if await request.app[DATABASE].admin_by_username(tenant.uuid, username) is not None:
-        admin = await request.app[ADMINS].verify(tenant.uuid, username, password)
-        return admin, scope
+    admins = request.app[ADMINS]
+    if (row := await admins.find(tenant.uuid, username)) is not None:
+        return await admins.verify(tenant.uuid, username, password, row=row), scope
     ctx = context_of(request)
     context = SignInContext(
         correlation_id=ctx.correlation_id,

@@ -95,6 +95,33 @@ async def test_agent_stuck_with_the_request_is_80002(stack: Stack, restore_fabri
     assert elapsed >= 5, elapsed  # it waited for the deadline
 
 
+async def test_unanswered_attempts_keep_their_places_in_flight(
+    stack: Stack, restore_fabrikam: None
+) -> None:
+    """Issue 8 finding 10: an attempt answered 80002 may still be bound by its agent, so
+    its place in flight is kept until its deadline and a margin (5 s), not released at
+    the timeout: with the threshold's worth (4) unanswered, the next attempt waits."""
+    bulk = tenant_doc(stack, "fabrikam.test")["bulk_users"]
+    username = bulk["pattern"].format(n=874)
+    password = next(t for t in stack.demo.tenants if t.domain == "fabrikam.test").bulk_password
+    stack.supervisor.stop_program(FABRIKAM_AGENTS[1])
+    pid = stack.supervisor.states()[FABRIKAM_AGENTS[0]].pid
+    assert pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        answers = await asyncio.gather(
+            *(password_grant(stack, username, f"Unanswered-{i}") for i in range(4))
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)  # it drops the expired requests: nothing is bound
+    assert [a.code for a in answers] == [80002] * 4, answers
+    started = time.monotonic()
+    answer = await password_grant(stack, username, password)
+    elapsed = time.monotonic() - started
+    assert answer.status == 200, answer
+    assert elapsed >= 3, elapsed  # it waited for the held places to expire
+
+
 async def test_garbage_on_the_tenant_queue_does_not_stop_agents(stack: Stack) -> None:
     tenant = tenant_doc(stack, "fabrikam.test")
     pids = {n: stack.supervisor.states()[n].pid for n in FABRIKAM_AGENTS}

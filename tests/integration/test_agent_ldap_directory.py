@@ -25,6 +25,7 @@ import pytest_asyncio
 
 from agent import logon
 from agent.directory import (
+    BIND_MARGIN_S,
     REJECTED_DETAIL,
     Directory,
     DirectoryMisconfigured,
@@ -668,3 +669,31 @@ async def test_the_cache_can_be_turned_off(stack: StackLike, disposable: Disposa
             assert (await directory.validate(username, password)).status is Status.SUCCESS
         assert directory.stats().get("dn_cache_hits", 0) == 0
         assert directory.stats()["searches"] == 2
+
+
+async def test_no_bind_starts_too_close_to_the_deadline(
+    stack: StackLike, disposable: Disposable
+) -> None:
+    """Issue 8 finding 10: a bind that cannot finish before the request's deadline is not
+    started, so slapd never counts a failure nobody sees the answer of."""
+    username, password = disposable.add()
+    dn = ldif.user_dn(stack.demo.tenants[0], username.split("@")[0])
+    async with await LdapDirectory.open(_settings(stack)) as directory:
+
+        async def too_late() -> None:
+            late = time.time() + BIND_MARGIN_S / 2
+            verdict = await directory.validate(username, "wrong-password", deadline=late)
+            assert verdict.status is Status.DIRECTORY_TIMEOUT, verdict
+
+        await too_late()  # found by a search
+        assert directory.stats().get("user_binds", 0) == 0
+        ample = time.time() + 10
+        verdict = await directory.validate(username, password, deadline=ample)
+        assert verdict.status is Status.SUCCESS
+        await too_late()  # through the cached DN
+        assert directory.stats()["user_binds"] == 1
+        assert await asyncio.to_thread(_failure_times, stack, dn) == 0
+        # With time enough, the same wrong password is bound and counted.
+        verdict = await directory.validate(username, "wrong-password", deadline=ample)
+        assert verdict.status is Status.INVALID_CREDENTIALS
+        assert await asyncio.to_thread(_failure_times, stack, dn) == 1

@@ -85,3 +85,24 @@ async def test_pta_sts_serves_https_and_stops_on_sigterm(stack: Stack, tmp_path:
     assert "sts_started" in names and "token_issued" in names, output
     assert all(e["service"] == "sts" for e in events)
     assert t.admin_password not in output and token not in output
+
+
+async def test_pta_sts_refuses_a_lockout_that_trips_after_the_directorys(tmp_path: Path) -> None:
+    """Issue 8 finding 10: the stack's old numbers (first lockout = slapd's 60 s window)."""
+    env = {
+        **os.environ,
+        "PTA_STS_PUBLIC_URL": "https://127.0.0.1:1",
+        "PTA_STS_POSTGRES_DSN": "postgresql://nobody@127.0.0.1:1/none",
+        "PTA_STS_SIGNING_KEY_DIR": str(new_signing_dir(tmp_path / "signing")),
+        "PTA_STS_LOCKOUT_THRESHOLD": "4",
+        "PTA_STS_LOCKOUT_DURATION_S": "60",
+        "PTA_STS_DIRECTORY_LOCKOUT_THRESHOLD": "5",
+        "PTA_STS_DIRECTORY_LOCKOUT_WINDOW_S": "60",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sts.main", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(30):
+        _out, err = await process.communicate()
+    assert process.returncode == 2
+    assert "smart lockout would not trip before the directory's" in err.decode()

@@ -293,6 +293,46 @@ async def test_silent_agent_is_80002_at_the_deadline_and_its_late_reply_80014(
     assert event["tenant_id"] == t.id and event["agent_id"] == agent.id
 
 
+async def test_an_unanswered_attempt_keeps_its_place_and_a_late_reply_counts(
+    world: World,
+) -> None:
+    """Issue 8 finding 10: the agent may have bound though the user got 80002."""
+    t = await world.new_tenant(agents=1, users={"una": ("Pw-1", Status.SUCCESS)})
+    captured: list[AbstractIncomingMessage] = []
+    counters = world.sts.dispatcher.counters
+
+    async def lockout_row() -> tuple[int, int]:
+        rows = await world.sql(
+            "SELECT failures, in_flight FROM lockouts WHERE tenant_id = $1 AND username = $2",
+            uuid.UUID(t.id),
+            t.username("una"),
+        )
+        return (rows[0]["failures"], rows[0]["in_flight"]) if rows else (0, 0)
+
+    async with consuming(world.stack, t, wrap=silent(captured)) as running:
+        status, body = await world.sts.sign_in(t, t.username("una"), "Wrong-1")
+        assert (status, code_of(body)) == (503, 80002)
+        assert await lockout_row() == (0, 1)  # still in flight: the agent may be binding
+        (message,) = captured
+        agent = t.agents[0]
+        envelope = decode_request(message.body)
+        opened = open_(envelope, agent.key, agent.kid)
+        late = counters["late"]
+        wrong = Status.INVALID_CREDENTIALS
+        reply = Reply(
+            1, envelope.request_id, agent.id, agent.kid, wrong, "", 1.0,
+            reply_mac(opened.reply_key, envelope.request_id, agent.id, wrong),
+        )  # fmt: skip
+        await running.exchange.publish(
+            reply_message(reply, correlation_id=envelope.request_id),
+            routing_key=message.reply_to or "",
+        )
+        await until(lambda: counters["late"] == late + 1)
+    async with asyncio.timeout(5):
+        while await lockout_row() != (1, 0):  # noqa: ASYNC110 -- a row has no event
+            await asyncio.sleep(0.05)
+
+
 # --------------------------------------------------------------------------- forged replies
 
 
@@ -530,9 +570,9 @@ async def test_a_burst_of_right_passwords_is_delayed_never_locked(world: World) 
         *(world.sts.sign_in(t, t.username("success"), "Pw-success") for _ in range(20))
     )
     assert [status for status, _ in results] == [200] * 20
-    (row,) = await world.sql(
+    rows = await world.sql(
         "SELECT failures, in_flight FROM lockouts WHERE tenant_id = $1 AND username = $2",
         uuid.UUID(t.id),
         t.username("success"),
     )
-    assert (row["failures"], row["in_flight"]) == (0, 0)
+    assert rows == []  # back at zero: the row is gone

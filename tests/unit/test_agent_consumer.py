@@ -444,7 +444,9 @@ class SlowDirectory:
 
     calls: list[str] = field(default_factory=list)
 
-    async def validate(self, username: str, password: str) -> Verdict:
+    async def validate(
+        self, username: str, password: str, *, deadline: float | None = None
+    ) -> Verdict:
         self.calls.append(username)
         await asyncio.Event().wait()
         raise AssertionError("unreachable")

@@ -132,3 +132,29 @@ def test_admission_counts_attempts_in_flight_and_forgets_a_dead_replicas() -> No
     assert policy.admission(failed, now + 16) is Admission.ADMITTED
     locked = LockoutState(lockouts=1, locked_until=now + 60)
     assert policy.admission(locked, now) is Admission.LOCKED
+
+
+def test_a_repeat_is_known_within_the_window_and_forgotten_after_success() -> None:
+    policy = LockoutPolicy(threshold=5, repeat_window_s=900)
+    state = policy.after_failure(LockoutState(), 1000.0, b"fp-1")
+    assert policy.is_repeat(state, b"fp-1", 1000.0 + 900)
+    assert not policy.is_repeat(state, b"fp-1", 1000.0 + 901)  # the window has passed
+    assert not policy.is_repeat(state, b"fp-2", 1001.0)
+    assert not policy.is_repeat(state, None, 1001.0)  # no secret: never
+    assert not policy.is_repeat(policy.after_success(state), b"fp-1", 1001.0)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "duration_s", "window_s", "expected"),
+    [
+        (4, 60, 80, 5),  # the burst, and one more when the 60 s lockout ends
+        (4, 120, 80, 4),  # the first lockout outlasts the window
+        (4, 60, 59, 4),
+        (1, 10, 75, 4),  # 1, then after 10, 10 + 20 and 10 + 20 + 40 = 70 s
+    ],
+)
+def test_failures_within_a_window(
+    threshold: int, duration_s: float, window_s: float, expected: int
+) -> None:
+    policy = LockoutPolicy(threshold=threshold, duration_s=duration_s, max_duration_s=3600)
+    assert policy.failures_within(window_s) == expected

@@ -4,6 +4,7 @@ settings and home-realm discovery's document."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +18,10 @@ from pydantic import ValidationError
 from common.envelope import kid_for
 from common.wire import Reply, Status
 from sts.agent_keys import ActiveAgent
-from sts.dispatcher import DispatchOutcome, DispatchRequest, DispatchResult
+from sts.dispatcher import DispatchOutcome, DispatchRequest, DispatchResult, LateReply
 from sts.errors import OAuthError
 from sts.lockout import LockoutPolicy, LockoutStore
-from sts.passwords import AgentPasswordValidator, StsOutcome, error_for
+from sts.passwords import AgentPasswordValidator, RoundTrips, StsOutcome, error_for
 from sts.queries import LockoutRow, SignInRecord, SignInUserRow
 from sts.settings import StsSettings, settings_error_message
 from sts.signin import SignInContext
@@ -46,6 +47,7 @@ DESIGN_TABLE: dict[str, tuple[str, int | None]] = {
     "no_agent": ("temporarily_unavailable", 80001),
     "timeout": ("temporarily_unavailable", 80002),
     "forged_reply": ("temporarily_unavailable", 80003),
+    "repeated_password": ("invalid_grant", 50126),  # a recent wrong password, not sent
     "smart_lockout": ("invalid_grant", 50053),
     "user_not_found": ("invalid_grant", 50034),
     "empty_password": ("invalid_grant", 50126),
@@ -210,16 +212,40 @@ async def test_dispatch_outcomes(outcome: DispatchOutcome, expected: int) -> Non
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("outcome", [DispatchOutcome.TIMEOUT, DispatchOutcome.FORGED])
+async def test_unanswered_attempts_keep_their_place_until_it_expires(
+    outcome: DispatchOutcome,
+) -> None:
+    """Finding 10: the agent may still be binding; a late reply settles it."""
+    db = FakeDb()
+    v = validator(db, FakeDispatcher(status=None, outcome=outcome), FakeLog())
+    await attempt(v, "whatever")
+    assert (db.lockout.failures, db.lockout.in_flight) == (0, 1)
+    assert db.lockout.in_flight_until == dt.datetime.fromtimestamp(1000 + 10 + 5, dt.UTC)
+    late = LateReply(TENANT.id, USER.username, Status.INVALID_CREDENTIALS, 1010.0)
+    await v._settle_late(late)
+    assert (db.lockout.failures, db.lockout.in_flight) == (1, 0)
+
+
+async def test_the_agents_own_directory_timeout_is_neutral() -> None:
+    db = FakeDb()
+    await attempt(validator(db, FakeDispatcher(status=Status.DIRECTORY_TIMEOUT), FakeLog()))
+    assert (db.lockout.failures, db.lockout.in_flight) == (0, 0)
+
+
 async def test_wrong_passwords_lock_and_success_clears() -> None:
     db, log = FakeDb(), FakeLog()
     wrong = FakeDispatcher(status=Status.INVALID_CREDENTIALS)
     v = validator(db, wrong, log)
     assert await attempt(v, "wrong-1") == ("invalid_grant", 50126)
-    assert await attempt(v, "wrong-1") == ("invalid_grant", 50126)  # a repeat: not counted
+    # A repeat: neither counted nor sent (the directory would count it: finding 12).
+    assert await attempt(v, "wrong-1") == ("invalid_grant", 50126)
     assert db.lockout.failures == 1
+    assert len(wrong.requests) == 1
+    assert [r.result for r in log.rows[-1:]] == ["repeated_password"]
     assert await attempt(v, "wrong-2") == ("invalid_grant", 50126)  # the 2nd distinct: locked
     assert await attempt(v, "right") == ("invalid_grant", 50053)
-    assert len(wrong.requests) == 3
+    assert len(wrong.requests) == 2
     db.lockout = LockoutRow(failures=1)
     assert await attempt(validator(db, FakeDispatcher(), log)) == ("success", 0)
     assert db.lockout == LockoutRow()  # cleared (an update, so places in flight survive)
@@ -246,6 +272,17 @@ def test_sign_in_setting_defaults(tmp_path: Path) -> None:
     assert s.signin_log_batch == 200 and s.lockout_secret is None
 
 
+def test_a_lockout_below_the_directory_starts(tmp_path: Path) -> None:
+    s = make_settings(
+        tmp_path,
+        lockout_threshold=4,
+        lockout_duration_s=120,
+        directory_lockout_threshold=5,
+        directory_lockout_window_s=60,
+    )
+    assert s.lockout_policy().failures_within(60 + 10 + 10) == 4
+
+
 def test_extra_listen_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTA_STS_EXTRA_LISTEN", "127.0.0.1:443, [::1]:8443,")
     s = make_settings(tmp_path)
@@ -265,6 +302,16 @@ def test_extra_listen_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
         ({"lockout_secret": "short"}, "PTA_STS_LOCKOUT_SECRET: must be at least 32"),
         ({"lockout_duration_s": 600, "lockout_max_duration_s": 60},
          "PTA_STS_LOCKOUT_MAX_DURATION_S must be at least PTA_STS_LOCKOUT_DURATION_S"),
+        # Finding 10: the stack's old numbers, cloud window = slapd's 60 s window.
+        ({"lockout_threshold": 4, "lockout_duration_s": 60,
+          "directory_lockout_threshold": 5, "directory_lockout_window_s": 60},
+         "smart lockout would not trip before the directory's"),
+        ({"lockout_threshold": 5, "lockout_duration_s": 600,
+          "directory_lockout_threshold": 5, "directory_lockout_window_s": 60},
+         "smart lockout would not trip before the directory's"),
+        ({"directory_lockout_threshold": 5}, "PTA_STS_DIRECTORY_LOCKOUT_WINDOW_S must be set"),
+        ({"directory_lockout_threshold": 5, "directory_lockout_window_s": 0},
+         "PTA_STS_DIRECTORY_LOCKOUT_WINDOW_S"),
     ],
 )  # fmt: skip
 def test_bad_sign_in_settings_are_named(tmp_path: Path, env: dict[str, Any], expected: str) -> None:
@@ -308,3 +355,27 @@ def test_realm_documents_have_entras_shape() -> None:
     }  # fmt: skip
     unknown = realm_document(domain=None, tenant_name=None, cloud_instance_name="h")
     assert unknown == {"ver": "1.0", "account_type": "Unknown", "cloud_instance_name": "h"}
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def test_round_trips_are_bounded_and_fall_back_to_any_tenant() -> None:
+    trips = RoundTrips(per_tenant=3, tenants=2)
+    assert trips.sample("a") is None  # nothing measured yet: no delay
+    for seconds in (1.0, 2.0, 3.0, 4.0):
+        trips.add("a", seconds)
+    assert {trips.sample("a") for _ in range(200)} == {2.0, 3.0, 4.0}
+    assert trips.sample("unseen") in (2.0, 3.0, 4.0)  # any tenant's
+    trips.add("b", 9.0)
+    trips.add("c", 9.0)  # a third tenant: "a", answered least recently, is forgotten
+    assert trips.sample("b") == 9.0 and trips.sample("c") == 9.0
+    assert trips.sample("a") in (3.0, 4.0, 9.0)  # from the shared pool now
+
+
+async def test_an_unknown_user_waits_like_an_answered_sign_in() -> None:
+    v = validator(FakeDb(user=None), FakeDispatcher(), FakeLog())
+    v.round_trips.add(TENANT.id, 0.2)
+    started = time.perf_counter()
+    assert await attempt(v) == ("invalid_grant", 50034)
+    assert time.perf_counter() - started >= 0.19
