@@ -1,8 +1,24 @@
 """Logging set-up shared by every service: structlog, contextvars, redaction, JSON off a TTY.
 
-Configured once in each `main`. The redaction processor drops any event key that names a
-secret (DESIGN.md security rules: no password, key or token is ever written to a log), so a
-careless `log.info("x", password=...)` writes `"password": "[redacted]"`, not the secret.
+Configured once in each `main`. Everything a service writes to its log is one JSON object
+per line (off a TTY): structlog events, and the records of stdlib loggers (aiohttp's
+server and access loggers, asyncio, aiormq, aio-pika, asyncpg, warnings) rendered by the
+same processors through `structlog.stdlib.ProcessorFormatter`, a traceback included as
+one escaped `exception` string. An uncaught exception at the top of `main` is logged the
+same way. A request aiohttp cannot parse (a bad request line or header) is a client
+error, not a fault of ours: it is logged `http_request_malformed` at warning level with
+the parser's exception class (not its message: that quotes the client's bytes), without
+a traceback.
+
+Two processors keep secrets out of every line:
+- `redact` drops any event key that names a secret (DESIGN.md security rules: no
+  password, key or token is ever written to a log), so a careless
+  `log.info("x", password=...)` writes `"password": "[redacted]"`, not the secret;
+- `mask_typed_usernames`: a username typed into a form may hold a password by mistake
+  (typed into the wrong field). A `username` (or `*_username`, `login_hint`) value is
+  logged only when it is a well-formed user name (`is_user_name`: ASCII `local@domain`,
+  at most 256 characters); otherwise it is replaced by `[redacted]` and only its length
+  is logged as `<key>_chars`.
 """
 
 from __future__ import annotations
@@ -11,10 +27,12 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from types import TracebackType
+from typing import Any, Final
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _SECRET_KEY = re.compile(
     r"(^|_)(password|passwd|secret|token|access_key|private_key|reply_key|content_key|"
@@ -23,10 +41,25 @@ _SECRET_KEY = re.compile(
 )
 REDACTED = "[redacted]"
 
+MAX_USER_NAME_CHARS: Final = 256
+# RFC 5321 dot-atom local part (the characters Entra allows in a UPN's local part) and a
+# DNS domain of at least two labels; ASCII only: a password has no such shape unless it
+# is an address itself.
+_USER_NAME = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
+_USERNAME_KEY = re.compile(r"(^|_)username$|^login_hint$", re.IGNORECASE)
+
 
 def is_secret_key(name: str) -> bool:
     """True for keys like password, reply_key, access_token, client_secret, *_key."""
     return bool(_SECRET_KEY.search(name))
+
+
+def is_user_name(value: str) -> bool:
+    """True when `value` is shaped like a user name (`local@domain`, ASCII, <= 256 chars)."""
+    return len(value) <= MAX_USER_NAME_CHARS and _USER_NAME.fullmatch(value) is not None
 
 
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -34,6 +67,19 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     for name in list(event):
         if is_secret_key(name):
             event[name] = REDACTED
+    return event
+
+
+def mask_typed_usernames(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: a username that is not a well-formed user name -> its length."""
+    for name in list(event):
+        value = event[name]
+        if isinstance(value, str) and value and _USERNAME_KEY.search(name):
+            if not is_user_name(value):
+                event[name] = REDACTED
+                event[f"{name}_chars"] = len(value)
     return event
 
 
@@ -45,6 +91,7 @@ def configure(*, level: str = "INFO", json: bool | None = None, service: str = "
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
+        mask_typed_usernames,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
     ]
@@ -62,8 +109,60 @@ def configure(*, level: str = "INFO", json: bool | None = None, service: str = "
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Foreign libraries (aiohttp access log, aio-pika) go through stdlib logging.
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s %(message)s")
+    _route_stdlib_logging(processors, renderer)
+    sys.excepthook = _log_uncaught
+
+
+def _route_stdlib_logging(processors: list[Any], renderer: Any) -> None:
+    """Foreign libraries log through stdlib logging: render their records like ours."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        # _malformed_request after add_log_level (it lowers the level), before
+        # format_exc_info (it drops the traceback), which is the last of `processors`.
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            *processors[:-1],
+            _malformed_request,
+            processors[-1],
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # warnings.warn -> the py.warnings logger -> JSON
+
+
+def _malformed_request(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """aiohttp's "Error handling request" for a request it could not parse: one short line."""
+    record = event.get("_record")
+    exc_info = getattr(record, "exc_info", None)
+    if isinstance(record, logging.LogRecord) and exc_info and exc_info[1] is not None:
+        exc = exc_info[1]
+        if isinstance(exc, HttpProcessingError):
+            event["event"] = "http_request_malformed"
+            event["level"] = "warning"
+            event["status"] = exc.code
+            # The class only: the parser's message quotes the bytes received, which are the
+            # client's (a request line may carry anything, a credential included).
+            event["error"] = type(exc).__name__
+            event.pop("exc_info", None)
+    return event
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """sys.excepthook: an uncaught exception is one JSON line too, not a bare traceback."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    structlog.get_logger("uncaught").critical("uncaught_exception", exc_info=(exc_type, exc, tb))
 
 
 def _orjson_dumps(event: Any, **_kwargs: Any) -> str:
