@@ -56,6 +56,14 @@ class InvalidToken(CaError):
     code = "invalid_token"
 
 
+class AdminNotFound(CaError):
+    """The admin this bearer token was issued to no longer exists in its tenant; sign in
+    again with a current admin account."""
+
+    status = 401
+    code = "admin_not_found"
+
+
 class InsufficientRole(CaError):
     """The signed-in account lacks the hybrid_identity_admin role of its tenant."""
 

@@ -225,9 +225,19 @@ def ca_settings(stack: Stack, files: dict[str, Path], **overrides: Any) -> Setti
 
 
 @contextlib.asynccontextmanager
-async def running_ca(stack: Stack, ca_pki: Pki, **app_kwargs: Any) -> AsyncIterator[CaServer]:
-    """A CA serving HTTPS (mutual TLS optional) and plain-HTTP CRLs on free ports."""
-    settings = ca_settings(stack, ca_pki.files)
+async def running_ca(
+    stack: Stack,
+    ca_pki: Pki,
+    *,
+    settings_overrides: dict[str, Any] | None = None,
+    **app_kwargs: Any,
+) -> AsyncIterator[CaServer]:
+    """A CA serving HTTPS (mutual TLS optional) and plain-HTTP CRLs on free ports.
+
+    Its keys are a static JWKS unless ``key_source=None`` is passed: then it fetches them
+    from ``settings_overrides["sts_url"]`` as the deployed CA does.
+    """
+    settings = ca_settings(stack, ca_pki.files, **(settings_overrides or {}))
     clock = MovableClock()
     app_kwargs.setdefault("key_source", StaticKeySource(ca_pki.jwks))
     app = create_app(settings, clock=clock, **app_kwargs)
