@@ -250,9 +250,14 @@ class Supervisor:
 
 
 def _make_private(logs: Path) -> None:
-    """The logs folder 0700 and every file in it 0600 (also those of an older stack)."""
+    """The logs folder 0700 and every file in it 0600 (also those of an older stack).
+
+    supervisord opens its own log before it applies its umask: the file is made here
+    first, so it is never created wider.
+    """
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs.chmod(0o700)  # mkdir's mode is narrowed by the umask only, and not applied if it exists
+    os.close(os.open(logs / "supervisord.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     for path in logs.iterdir():
         if path.is_file() and not path.is_symlink():
             path.chmod(0o600)
