@@ -13,6 +13,7 @@ import stat
 from urllib.parse import urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
 
 from common.contracts import AGENT_CLIENT_ID, CA_SCOPE
@@ -118,3 +119,17 @@ async def test_a_password_typed_as_username_is_never_logged(stack: Stack) -> Non
         assert marker not in tail.new_text().lower(), tail.path
     assert known in sts_text
     assert f'"username_chars":{len(marker)}' in sts_text.replace(" ", "")
+
+    # Nor the sign-in log in the database (its writer flushes in the background).
+    conn = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        query = "SELECT count(*) FROM sign_ins WHERE username = $1"
+        async with asyncio.timeout(10):
+            while not await conn.fetchval(query, known):  # noqa: ASYNC110 - no event to await
+                await asyncio.sleep(0.05)
+        leaked = await conn.fetchval(
+            "SELECT count(*) FROM sign_ins s WHERE strpos(s::text, $1) > 0", marker
+        )
+        assert leaked == 0
+    finally:
+        await conn.close()
