@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import sys
+from collections.abc import Iterator
 
 import pytest
 import structlog
 
 from common import logs
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`logs.configure` binds sys.stderr of the moment (pytest's capture, closed after the
+    test) into structlog and the root logger: leave neither behind for later tests."""
+    root = logging.getLogger()
+    handlers, level, hook = list(root.handlers), root.level, sys.excepthook
+    yield
+    structlog.reset_defaults()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    sys.excepthook = hook
+    logging.captureWarnings(False)
 
 
 @pytest.mark.parametrize(
@@ -86,8 +106,6 @@ def _configured_stderr(capsys: pytest.CaptureFixture[str]) -> list[dict[str, obj
 def test_stdlib_records_are_json_lines_with_the_traceback_inside(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import logging
-
     logs.configure(json=True, service="test")
     try:
         raise ValueError("boom")
@@ -101,8 +119,6 @@ def test_stdlib_records_are_json_lines_with_the_traceback_inside(
 def test_a_malformed_request_is_one_warning_without_the_clients_bytes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import logging
-
     from aiohttp.http_exceptions import BadHttpMessage
 
     logs.configure(json=True)
