@@ -35,7 +35,7 @@ Replies are checked before they are believed (DESIGN.md flow 3, step 4):
    `reply_forged` with AADSTS80003, and ignored: the STS keeps waiting for the genuine
    reply until the deadline, and answers 80003 only if none came.
 
-Counters (`Dispatcher.counters`: published, replied, forged, late, undecodable, timeouts,
+Counters (`Dispatcher.counters`: published, replied, forged, late, undecodable, failed, timeouts,
 no_agent) hold numbers only, never a secret or a label from a message. They count every
 reply; the warning lines about unused replies are bounded per sender and in all
 (`sts.reply_warnings`), so a flood of replies cannot fill the STS's disk.
