@@ -1,19 +1,28 @@
 """Admin bearer tokens: who may register, list and delete agents (DESIGN.md flow 1 step 4).
 
-A token passes only if all of these hold (docs/architecture.md "Identities and tokens"):
+A token passes only if all of these hold, in this order (docs/architecture.md
+"Identities and tokens"):
 - it is a compact JWS with ``alg`` ES256: the allow-list is explicit and has one entry, so
   ``none``, HMAC (the public-key-as-secret confusion) and RSA tokens never reach a key;
-- its ``tid`` is a canonical tenant UUID, its signature verifies with a key of the STS
-  JWKS for that tenant (``{sts_url}/{tid}/discovery/v2.0/keys``) chosen by ``kid``;
+- its ``tid`` is a canonical tenant UUID of a tenant that exists (``AdminDirectory``),
+  checked before any key is looked up: a made-up ``tid`` costs one indexed query, never a
+  fetch from the STS (otherwise 401 ``invalid_token``);
+- its signature verifies with a key of the STS JWKS chosen by ``kid``;
 - ``iss`` is ``{sts_url}/{tid}/v2.0``, ``aud`` is ``urn:pta:ca``, ``exp`` is in the future
   and ``nbf`` (when present) in the past, both with a small leeway for clock skew;
-- ``roles`` contains ``hybrid_identity_admin`` (otherwise 403 ``insufficient_role``).
+- ``roles`` contains ``hybrid_identity_admin`` (otherwise 403 ``insufficient_role``);
+- the admin (``oid``) still exists in that tenant (otherwise 401 ``admin_not_found``) and
+  still holds ``hybrid_identity_admin`` (otherwise 403 ``insufficient_role``): a token is
+  valid for an hour, and an admin deleted or demoted meanwhile must lose access at once.
 
 Keys come from a ``KeySource``: ``JwksKeySource`` fetches the STS JWKS lazily over TLS
-verified against the STS CA bundle only, caches it per tenant and refetches on an unknown
-``kid`` at most once per ``refresh_min_interval_s`` (so garbage kids cannot make the CA
-hammer the STS); ``StaticKeySource`` serves a fixed JWKS (tests, offline set-ups). Only
-EC P-256 signing keys are taken from a JWKS; other entries are ignored.
+verified against the STS CA bundle only. The STS signs every tenant's tokens with the
+same keys, so there is one cache for all tenants (fetched from the URL of the tenant that
+asked, ``{sts_url}/{tid}/discovery/v2.0/keys``): no tenant can evict another's keys. It is
+refetched on an unknown ``kid`` at most once per ``refresh_min_interval_s`` (so garbage
+kids cannot make the CA hammer the STS); ``StaticKeySource`` serves a fixed JWKS (tests,
+offline set-ups). Only EC P-256 signing keys are taken from a JWKS; other entries are
+ignored.
 """
 
 from __future__ import annotations
@@ -21,9 +30,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -31,7 +39,7 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca.errors import InsufficientRole, InvalidToken, StsUnavailable
+from ca.errors import AdminNotFound, InsufficientRole, InvalidToken, StsUnavailable
 from common.contracts import ADMIN_ROLE, CA_AUDIENCE
 from common.encoding import is_canonical_uuid
 
@@ -40,7 +48,6 @@ ALGORITHMS: Final = ("ES256",)
 
 MAX_TOKEN_CHARS: Final = 8192
 _MAX_JWKS_BYTES: Final = 256 * 1024
-_MAX_CACHED_TENANTS: Final = 1024
 _MAX_CONCURRENT_FETCHES: Final = 4
 
 
@@ -51,6 +58,16 @@ class AdminPrincipal:
     tenant_id: str
     object_id: str
     username: str
+
+
+class AdminDirectory(Protocol):
+    """The tenants and admins as they are now (``ca.queries.DatabaseAdmins``)."""
+
+    async def tenant_exists(self, tenant_id: str) -> bool: ...
+
+    async def admin_roles(self, tenant_id: str, admin_id: str) -> tuple[str, ...] | None:
+        """The admin's current roles, None when the tenant has no such admin."""
+        ...
 
 
 class KeySource(Protocol):
@@ -104,15 +121,8 @@ class StaticKeySource:
         return self._keys.get(kid)
 
 
-@dataclass(slots=True)
-class _Entry:
-    keys: dict[str, ec.EllipticCurvePublicKey]
-    fetched_at: float
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
 class JwksKeySource:
-    """The STS JWKS per tenant, fetched lazily over verified TLS and cached."""
+    """The STS JWKS (one for every tenant), fetched lazily over verified TLS and cached."""
 
     def __init__(
         self,
@@ -130,31 +140,32 @@ class JwksKeySource:
         self._timeout_s = timeout_s
         self._min_interval_s = refresh_min_interval_s
         self._clock = clock
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
         self._fetches = asyncio.Semaphore(_MAX_CONCURRENT_FETCHES)
+        self.fetches = 0
 
     def jwks_url(self, tenant_id: str) -> str:
         return f"{self._sts_url}/{tenant_id}/discovery/v2.0/keys"
 
     async def signing_key(self, tenant_id: str, kid: str) -> ec.EllipticCurvePublicKey | None:
-        entry = self._entries.get(tenant_id)
-        if entry is None:
-            entry = _Entry(keys={}, fetched_at=float("-inf"))
-            self._entries[tenant_id] = entry
-            while len(self._entries) > _MAX_CACHED_TENANTS:
-                self._entries.popitem(last=False)
-        self._entries.move_to_end(tenant_id)
-        if kid in entry.keys:
-            return entry.keys[kid]
-        async with entry.lock:
+        """The key; `tenant_id` (a tenant that exists) only names the URL it is fetched from."""
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        async with self._lock:
             # Another request may have refreshed while this one waited for the lock.
-            if kid not in entry.keys and self._clock() - entry.fetched_at >= self._min_interval_s:
-                entry.keys = await self._fetch(tenant_id)
-                entry.fetched_at = self._clock()
-        return entry.keys.get(kid)
+            if kid not in self._keys and self._clock() - self._fetched_at >= self._min_interval_s:
+                keys = await self._fetch(tenant_id)
+                self._fetched_at = self._clock()
+                if keys:  # a 404 (the STS does not know the tenant) keeps the known keys
+                    self._keys = keys
+        return self._keys.get(kid)
 
     async def _fetch(self, tenant_id: str) -> dict[str, ec.EllipticCurvePublicKey]:
         url = self.jwks_url(tenant_id)
+        self.fetches += 1
         try:
             async with self._fetches, asyncio.timeout(self._timeout_s):
                 async with self._session.get(url, ssl=self._ssl, allow_redirects=False) as resp:
@@ -176,8 +187,11 @@ class JwksKeySource:
 class AdminTokenVerifier:
     """Checks admin bearer tokens (see the module docstring for every rule)."""
 
-    def __init__(self, key_source: KeySource, *, sts_url: str, leeway_s: int) -> None:
+    def __init__(
+        self, key_source: KeySource, admins: AdminDirectory, *, sts_url: str, leeway_s: int
+    ) -> None:
         self._keys = key_source
+        self._admins = admins
         self._sts_url = sts_url.rstrip("/")
         self._leeway_s = leeway_s
 
@@ -187,7 +201,8 @@ class AdminTokenVerifier:
     async def verify(self, authorization: str | None) -> AdminPrincipal:
         """Verify an ``Authorization`` header value and return the admin it names.
 
-        Raises InvalidToken (401), InsufficientRole (403), StsUnavailable (503).
+        Raises InvalidToken or AdminNotFound (401), InsufficientRole (403), StsUnavailable
+        (503).
         """
         token = _bearer(authorization)
         try:
@@ -203,6 +218,8 @@ class AdminTokenVerifier:
             raise InvalidToken("The bearer token has no key id.")
         if not isinstance(tenant_id, str) or not is_canonical_uuid(tenant_id):
             raise InvalidToken("The bearer token has no valid tenant id (tid).")
+        if not await self._admins.tenant_exists(tenant_id):
+            raise InvalidToken("The token's tenant is not known to this CA.")
         key = await self._keys.signing_key(tenant_id, kid)
         if key is None:
             raise InvalidToken("The bearer token is not signed by a current STS key.")
@@ -210,11 +227,20 @@ class AdminTokenVerifier:
         roles = claims.get("roles")
         if not isinstance(roles, list) or ADMIN_ROLE not in roles:
             raise InsufficientRole()
-        object_id = claims.get("oid", claims.get("sub", ""))
+        object_id = claims.get("oid")
+        if not isinstance(object_id, str) or not is_canonical_uuid(object_id):
+            raise InvalidToken("The bearer token has no valid object id (oid).")
+        current_roles = await self._admins.admin_roles(tenant_id, object_id)
+        if current_roles is None:
+            raise AdminNotFound()
+        if ADMIN_ROLE not in current_roles:
+            raise InsufficientRole(
+                f"The signed-in account no longer holds the {ADMIN_ROLE} role of its tenant."
+            )
         username = claims.get("preferred_username", "")
         return AdminPrincipal(
             tenant_id=tenant_id,
-            object_id=object_id if isinstance(object_id, str) else "",
+            object_id=object_id,
             username=username if isinstance(username, str) else "",
         )
 

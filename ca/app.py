@@ -9,7 +9,9 @@ resources. Tests pass ``key_source`` (a static JWKS) and may pass ``broker`` or 
 pool and CRL cache: set the main app's runner up first.
 
 One middleware binds the log context (``correlation_id`` from ``client-request-id`` or
-fresh, echoed in the answer) and renders every error as ``{"error", "message"}``.
+fresh, echoed in the answer) and renders every error as ``{"error", "message"}``. Every
+API answer carries Strict-Transport-Security (``common.tls.strict_transport_security``);
+the plain-HTTP CRL listener's do not.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from ca.authority import load_authority
 from ca.bodies import MAX_BODY_BYTES, Configuration, ErrorAnswer, json_response
 from ca.broker_admin import BrokerAdmin, RabbitManagement
 from ca.errors import CaError, InvalidRequest, RequestTooLarge
+from ca.queries import DatabaseAdmins
 from ca.resources import AUTHORITY, BROKER, CLOCK, POOL, SETTINGS, VERIFIER, Clock, utc_now
 from ca.revocation import CRLS, MAIN_APP, CrlCache
 from ca.settings import Settings
 from common.contracts import AGENT_CLIENT_ID, CA_SCOPE
-from common.tls import client_context
+from common.tls import client_context, strict_transport_security
 
 log = structlog.get_logger("ca")
 
@@ -52,6 +55,7 @@ def create_app(
 ) -> web.Application:
     """The CA's HTTPS application. Raises ConfigurationError for unusable CA files."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app.on_response_prepare.append(strict_transport_security)
     authority = load_authority(
         pta_cert_file=settings.pta_ca_cert_file,
         pta_key_file=settings.pta_ca_key_file,
@@ -146,7 +150,10 @@ def _outbound(
                     refresh_min_interval_s=settings.jwks_refresh_min_interval_s,
                 )
             app[VERIFIER] = AdminTokenVerifier(
-                source, sts_url=settings.sts_url, leeway_s=settings.token_leeway_s
+                source,
+                DatabaseAdmins(app[POOL]),
+                sts_url=settings.sts_url,
+                leeway_s=settings.token_leeway_s,
             )
             yield
 

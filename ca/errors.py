@@ -4,8 +4,9 @@ Handlers raise; one middleware (``ca.app``) renders ``{"error": code, "message":
 (docs/architecture.md "CA HTTP API"). The class docstring is the default message and says
 what to do about it (STYLE.md section 5). Messages never carry a token, key or secret.
 
-Codes beyond the contract's list, for cases it does not cover: ``sts_unavailable`` (503,
-the STS signing keys could not be fetched), ``not_found`` / ``method_not_allowed`` (aiohttp
+Codes beyond the contract's list, for cases it does not cover: ``admin_not_found`` (401,
+the token's admin was deleted since it was issued), ``sts_unavailable`` (503, the STS
+signing keys could not be fetched), ``not_found`` / ``method_not_allowed`` (aiohttp
 routing) and ``server_error`` (500, an unexpected fault; details only in the log).
 """
 
@@ -54,6 +55,14 @@ class InvalidToken(CaError):
 
     status = 401
     code = "invalid_token"
+
+
+class AdminNotFound(CaError):
+    """The admin this bearer token was issued to no longer exists in its tenant; sign in
+    again with a current admin account."""
+
+    status = 401
+    code = "admin_not_found"
 
 
 class InsufficientRole(CaError):

@@ -86,6 +86,38 @@ async def lock_tenant_agents(conn: asyncpg.Connection, tenant_id: str) -> bool:
     return bool(exists)
 
 
+async def tenant_exists(conn: asyncpg.Connection, tenant_id: str) -> bool:
+    value = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)", tenant_id)
+    return bool(value)
+
+
+async def admin_roles(
+    conn: asyncpg.Connection, tenant_id: str, admin_id: str
+) -> tuple[str, ...] | None:
+    """The roles the tenant's cloud-only admin holds now (``admins``, written by the STS
+    seed and admin tooling), or None when no such admin exists in that tenant."""
+    roles = await conn.fetchval(
+        "SELECT roles FROM admins WHERE id = $1 AND tenant_id = $2", admin_id, tenant_id
+    )
+    return None if roles is None else tuple(roles)
+
+
+class DatabaseAdmins:
+    """``ca.admin_tokens.AdminDirectory`` over the CA's pool: tenants and admins as they
+    are now, so a token outliving its admin or role is refused."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def tenant_exists(self, tenant_id: str) -> bool:
+        async with self._pool.acquire() as conn:
+            return await tenant_exists(conn, tenant_id)
+
+    async def admin_roles(self, tenant_id: str, admin_id: str) -> tuple[str, ...] | None:
+        async with self._pool.acquire() as conn:
+            return await admin_roles(conn, tenant_id, admin_id)
+
+
 async def count_agents(conn: asyncpg.Connection, tenant_id: str) -> int:
     value = await conn.fetchval("SELECT count(*) FROM agents WHERE tenant_id = $1", tenant_id)
     return int(value)

@@ -2,7 +2,9 @@
 
 What: ``server_context`` for the STS and CA listeners, ``client_context`` for every
 outbound TLS connection (agent to CA, updater to CA, tools to STS), and
-``peer_certificate`` to read the client certificate a handshake verified.
+``peer_certificate`` to read the client certificate a handshake verified, and
+``strict_transport_security``, the signal handler that adds HSTS to every HTTPS answer of
+an aiohttp application (the STS and the CA API).
 
 Why one builder (STYLE.md section 3, DESIGN.md "Security rules": every TLS channel
 verifies its peer, the agent pins its CA bundle):
@@ -23,12 +25,17 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from typing import Final
 
+from aiohttp import web
 from cryptography import x509
 
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 StrPath = str | os.PathLike[str]
+
+HSTS: Final = "max-age=31536000; includeSubDomains"
+"""Strict-Transport-Security: a year, subdomains included (as Entra's login host sends)."""
 
 
 class TlsConfigError(Exception):
@@ -166,3 +173,15 @@ def _reason(exc: OSError | ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
     return exc.strerror or type(exc).__name__
+
+
+async def strict_transport_security(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` handler: HSTS on every answer sent over TLS (RFC 6797).
+
+    Errors included: the signal fires for every response the application prepares,
+    whatever the middleware or handler that made it. Not on plain HTTP (the CA's CRL
+    port): a browser ignores it there (RFC 6797 section 8.1) and the header would claim
+    an HTTPS-only host that is not.
+    """
+    if request.secure:
+        response.headers["Strict-Transport-Security"] = HSTS

@@ -3,6 +3,10 @@
 Every long-running process of a stack (servers, STS, CA, agents) is a supervisord program
 with its log in `<state>/logs/<name>.log`. supervisord listens on a unix socket inside the
 state folder only, so two stacks (a user's `make up` and the test suite's) never meet.
+
+Logs may name users and tenants: the logs folder is 0700 and every log file in it 0600
+(supervisord runs with umask 077, which its children inherit, so the files it and they
+create are private; files left by an older stack are narrowed when the config is written).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from pathlib import Path
 import psutil
 
 from infra.server import Layout, Program, StackError
+
+LOG_UMASK = "077"
+"""supervisord's umask (inherited by every program): log files 0600, folders 0700."""
 
 
 class SupervisorError(StackError):
@@ -183,7 +190,7 @@ class Supervisor:
     def write_config(self, programs: list[Program]) -> None:
         """Render supervisord.conf for these programs (mode 0600: env may hold secrets)."""
         logs = self.layout.logs_dir
-        logs.mkdir(parents=True, exist_ok=True)
+        _make_private(logs)
         self.layout.run_dir.mkdir(parents=True, exist_ok=True)
         conf = configparser.RawConfigParser()
         conf["unix_http_server"] = {"file": str(self.socket), "chmod": "0700"}
@@ -195,6 +202,8 @@ class Supervisor:
             "directory": str(self.layout.state_dir),
             "childlogdir": str(logs),
             "identifier": f"pta-{self.layout.state_dir}",
+            # Its own log, the programs' logs and whatever the programs create: owner only.
+            "umask": LOG_UMASK,
             # supervisord warns when it runs as root without this; our programs that
             # must not run as root say so with their own `user=`.
             "user": "root" if os.geteuid() == 0 else "",
@@ -238,6 +247,20 @@ class Supervisor:
         with os.fdopen(fd, "w") as f:
             conf.write(f)
         os.replace(tmp, self.conf_path)
+
+
+def _make_private(logs: Path) -> None:
+    """The logs folder 0700 and every file in it 0600 (also those of an older stack).
+
+    supervisord opens its own log before it applies its umask: the file is made here
+    first, so it is never created wider.
+    """
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logs.chmod(0o700)  # mkdir's mode is narrowed by the umask only, and not applied if it exists
+    os.close(os.open(logs / "supervisord.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    for path in logs.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
 
 
 def _escape_percent(value: str) -> str:

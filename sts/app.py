@@ -9,7 +9,8 @@ its concept.
 
 Middlewares, outermost first: correlation (ids, log context, response headers), then
 errors (OAuth errors, aiohttp's HTTP errors and faults rendered in Entra's shape). Bodies
-are bounded by `CLIENT_MAX_SIZE` (413 beyond it).
+are bounded by `CLIENT_MAX_SIZE` (413 beyond it). Every answer over TLS carries
+Strict-Transport-Security (`common.tls.strict_transport_security`, errors included).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from common.tls import strict_transport_security
 from sts import authorize, devicecode, devicelogin, discovery, token, userrealm
 from sts.admins import ADMINS, AdminVerifier
 from sts.correlation import correlation_middleware
@@ -47,6 +49,7 @@ def create_app(
         middlewares=[correlation_middleware, error_middleware],
         client_max_size=CLIENT_MAX_SIZE,
     )
+    app.on_response_prepare.append(strict_transport_security)
     app[SETTINGS] = settings
     app[ISSUER] = TokenIssuer(keys, settings.public_url, settings.access_token_lifetime_s)
     app.cleanup_ctx.append(_password_hashing)

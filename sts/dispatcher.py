@@ -35,8 +35,10 @@ Replies are checked before they are believed (DESIGN.md flow 3, step 4):
    `reply_forged` with AADSTS80003, and ignored: the STS keeps waiting for the genuine
    reply until the deadline, and answers 80003 only if none came.
 
-Counters (`Dispatcher.counters`: published, replied, forged, late, undecodable, timeouts,
-no_agent) hold numbers only, never a secret or a label from a message.
+Counters (`Dispatcher.counters`: published, replied, forged, late, undecodable, failed, timeouts,
+no_agent) hold numbers only, never a secret or a label from a message. They count every
+reply; the warning lines about unused replies are bounded per sender and in all
+(`sts.reply_warnings`), so a flood of replies cannot fill the STS's disk.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ from common.wire import (
     request_message,
 )
 from sts.agent_keys import ActiveAgent, recipients_of
+from sts.reply_warnings import ReplyWarnings
 
 MAX_COUNT_AGE_S: Final = 30.0
 """A consumer count older than this is re-read in line, not trusted."""
@@ -346,6 +349,7 @@ class Dispatcher:
         self.on_late_reply: Callable[[LateReply], None] | None = None
         self.ready = asyncio.Event()  # set once connected and consuming replies
         self.counters: Counter[str] = Counter()
+        self.reply_warnings = ReplyWarnings()
 
     @property
     def pending(self) -> PendingReplies:
@@ -499,15 +503,23 @@ class Dispatcher:
             await self._handle_reply(message)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the top of a consumer: log and go on with the next reply
-            log.exception("reply_failed")
+        except Exception as exc:  # the top of a consumer: log and go on with the next reply
+            self.counters["failed"] += 1
+            self.reply_warnings.warning(
+                "reply_failed", sender="failed", error=type(exc).__name__, exc_info=exc
+            )
 
     async def _handle_reply(self, message: AbstractIncomingMessage) -> None:
         try:
             reply = decode_reply(message.body)
         except WireError as exc:
             self.counters["undecodable"] += 1
-            log.warning("reply_undecodable", error=str(exc), body_bytes=len(message.body))
+            self.reply_warnings.warning(
+                "reply_undecodable",
+                sender="undecodable",
+                error=str(exc)[:200],
+                body_bytes=len(message.body),
+            )
             return
         pending = self._pending.get(reply.request_id)
         if correlation_of(message) != reply.request_id:
@@ -540,8 +552,9 @@ class Dispatcher:
         if pending is not None:
             pending.forged += 1
             fields = {"correlation_id": pending.correlation_id, "tenant_id": pending.tenant_id}
-        log.warning(
+        self.reply_warnings.warning(
             "reply_forged",
+            sender=reply.agent_id,
             code=FORGED_REPLY_CODE,
             reason=reason,
             request_id=reply.request_id,
@@ -575,8 +588,9 @@ class Dispatcher:
                 "tenant_id": tenant_id,
                 "late_ms": round((time.time() - expires_at) * 1000, 1),
             }
-        log.warning(
+        self.reply_warnings.warning(
             "reply_late",
+            sender=reply.agent_id,
             code=LATE_REPLY_CODE,
             request_id=reply.request_id,
             agent_id=reply.agent_id,

@@ -46,7 +46,7 @@ import structlog
 from aiohttp import web
 
 from common.envelope import new_reply_key, seal
-from common.usernames import canonical_username
+from common.usernames import canonical_username, is_user_name
 from common.wire import Status
 from sts.admins import ADMINS
 from sts.agent_keys import AGENT_KEYS, AgentKeys, recipients_of
@@ -423,7 +423,10 @@ class AgentPasswordValidator:
     ) -> None:
         """The sign-in log row and the `sign_in` summary line."""
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        name = attempt.user.username if attempt.user is not None else username.lower()[:256]
+        # The name as typed only when it is shaped like one: a password typed into the
+        # username field must reach neither the log nor the sign-in log (common.logs).
+        typed = username.lower() if is_user_name(username) else ""
+        name = attempt.user.username if attempt.user is not None else typed
         result = str(attempt.result)
         log.info(
             "sign_in",

@@ -122,11 +122,17 @@ def new_csr_pem(bits: int = 2048) -> tuple[rsa.RSAPrivateKey, str]:
 # -- admin tokens --------------------------------------------------------------------------
 
 
+def admin_oid(tenant_id: str) -> str:
+    """The id of the admin `new_tenant` creates in a tenant (the CA checks it exists)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pta-ca-tests-admin:{tenant_id}"))
+
+
 def mint_token(
     key: Any,
     tenant_id: str,
     *,
     roles: list[str] | None = None,
+    oid: str | None = None,
     lifetime_s: int = 3600,
     issued_at: float | None = None,
     audience: str = CA_AUDIENCE,
@@ -140,7 +146,7 @@ def mint_token(
         "iss": issuer or f"{STS_URL}/{tenant_id}/v2.0",
         "aud": audience,
         "tid": tenant_id,
-        "oid": str(uuid.uuid4()),
+        "oid": oid or admin_oid(tenant_id),
         "sub": "admin",
         "preferred_username": "admin@ca-tests.invalid",
         "roles": [ADMIN_ROLE] if roles is None else roles,
@@ -219,9 +225,19 @@ def ca_settings(stack: Stack, files: dict[str, Path], **overrides: Any) -> Setti
 
 
 @contextlib.asynccontextmanager
-async def running_ca(stack: Stack, ca_pki: Pki, **app_kwargs: Any) -> AsyncIterator[CaServer]:
-    """A CA serving HTTPS (mutual TLS optional) and plain-HTTP CRLs on free ports."""
-    settings = ca_settings(stack, ca_pki.files)
+async def running_ca(
+    stack: Stack,
+    ca_pki: Pki,
+    *,
+    settings_overrides: dict[str, Any] | None = None,
+    **app_kwargs: Any,
+) -> AsyncIterator[CaServer]:
+    """A CA serving HTTPS (mutual TLS optional) and plain-HTTP CRLs on free ports.
+
+    Its keys are a static JWKS unless ``key_source=None`` is passed: then it fetches them
+    from ``settings_overrides["sts_url"]`` as the deployed CA does.
+    """
+    settings = ca_settings(stack, ca_pki.files, **(settings_overrides or {}))
     clock = MovableClock()
     app_kwargs.setdefault("key_source", StaticKeySource(ca_pki.jwks))
     app = create_app(settings, clock=clock, **app_kwargs)
@@ -278,13 +294,21 @@ TenantFactory = Callable[[], Awaitable[str]]
 
 @pytest_asyncio.fixture(loop_scope="session", name="new_tenant")
 async def new_tenant_fixture(db: asyncpg.Connection) -> AsyncIterator[TenantFactory]:
-    """Creates fresh tenants; deletes them (and their agents) after the test."""
+    """Creates fresh tenants, each with its admin (``admin_oid``); deletes them (and their
+    agents) after the test."""
     made: list[str] = []
 
     async def make() -> str:
         tenant_id = str(uuid.uuid4())
         await db.execute(
             "INSERT INTO tenants (id, name) VALUES ($1, $2)", tenant_id, f"ca-test-{tenant_id[:8]}"
+        )
+        await db.execute(
+            "INSERT INTO admins (id, tenant_id, username, password_hash, roles)"
+            " VALUES ($1, $2, 'admin@ca-tests.invalid', 'not-a-hash', $3)",
+            admin_oid(tenant_id),
+            tenant_id,
+            [ADMIN_ROLE],
         )
         made.append(tenant_id)
         return tenant_id

@@ -83,6 +83,11 @@ async def test_up_then_down_leaves_no_process() -> None:
     s = Stack(state, free_port_base(), durable=False, with_services=False)
     try:
         await s.up()
+        # Logs are private from the first start (issue 8, finding 11): supervisord opens
+        # its own log before its umask applies, the servers' logs come after it.
+        assert stat.S_IMODE(s.layout.logs_dir.stat().st_mode) == 0o700
+        for path in s.layout.logs_dir.iterdir():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         procs = s.supervisor.processes()
         pids = [p.pid for p in procs]
         assert len(pids) >= 5  # supervisord, epmd, rabbitmq, postgres, slapd and children

@@ -20,7 +20,7 @@ from ca.admin_tokens import (
     StaticKeySource,
     parse_jwks,
 )
-from ca.errors import CaError, InsufficientRole, InvalidToken, StsUnavailable
+from ca.errors import AdminNotFound, CaError, InsufficientRole, InvalidToken, StsUnavailable
 from common.contracts import ADMIN_ROLE, CA_AUDIENCE
 
 STS = "https://sts.example.test"
@@ -63,8 +63,35 @@ def _token(tenant: str, *, key: Any = KEY, algorithm: str = "ES256", **overrides
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 
-def _verifier() -> AdminTokenVerifier:
-    return AdminTokenVerifier(StaticKeySource(JWKS), sts_url=STS, leeway_s=30)
+ADMIN = "11111111-2222-3333-4444-555555555555"
+
+
+class _Admins:
+    """An AdminDirectory: every tenant exists but `missing`; ADMIN holds `roles`."""
+
+    def __init__(self, *, missing: str = "", roles: tuple[str, ...] | None = (ADMIN_ROLE,)):
+        self.missing = missing
+        self.roles = roles
+
+    async def tenant_exists(self, tenant_id: str) -> bool:
+        return tenant_id != self.missing
+
+    async def admin_roles(self, tenant_id: str, admin_id: str) -> tuple[str, ...] | None:
+        return self.roles if admin_id == ADMIN else None
+
+
+class _CountingKeys(StaticKeySource):
+    def __init__(self) -> None:
+        super().__init__(JWKS)
+        self.asked: list[str] = []
+
+    async def signing_key(self, tenant_id: str, kid: str) -> ec.EllipticCurvePublicKey | None:
+        self.asked.append(tenant_id)
+        return await super().signing_key(tenant_id, kid)
+
+
+def _verifier(admins: _Admins | None = None) -> AdminTokenVerifier:
+    return AdminTokenVerifier(StaticKeySource(JWKS), admins or _Admins(), sts_url=STS, leeway_s=30)
 
 
 def _flip_signature(token: str) -> str:
@@ -121,6 +148,9 @@ REFUSED: dict[str, tuple[str | None, type[CaError]]] = {
     "no roles": (f"Bearer {_token(T, roles=None)}", InsufficientRole),
     "other role": (f"Bearer {_token(T, roles=['reader'])}", InsufficientRole),
     "roles not a list": (f"Bearer {_token(T, roles=ADMIN_ROLE)}", InsufficientRole),
+    "oid not a UUID": (f"Bearer {_token(T, oid='admin')}", InvalidToken),
+    "no oid": (f"Bearer {_token(T, oid=None)}", InvalidToken),
+    "an admin that no longer exists": (f"Bearer {_token(T, oid=str(uuid.uuid4()))}", AdminNotFound),
 }
 
 
@@ -130,6 +160,20 @@ async def test_refused(name: str) -> None:
     with pytest.raises(error) as caught:
         await _verifier().verify(header)
     assert type(caught.value) is error
+
+
+async def test_an_unknown_tenant_is_refused_before_any_key_lookup() -> None:
+    keys = _CountingKeys()
+    verifier = AdminTokenVerifier(keys, _Admins(missing=T), sts_url=STS, leeway_s=30)
+    with pytest.raises(InvalidToken):
+        await verifier.verify(f"Bearer {_token(T)}")
+    assert keys.asked == []
+
+
+async def test_an_admin_whose_role_was_removed_is_refused() -> None:
+    with pytest.raises(InsufficientRole) as caught:
+        await _verifier(_Admins(roles=("reader",))).verify(f"Bearer {_token(T)}")
+    assert "no longer" in caught.value.message
 
 
 async def test_leeway_accepts_a_token_just_expired() -> None:
@@ -205,14 +249,27 @@ def _source(session: _Session, clock: _Clock) -> JwksKeySource:
     )
 
 
-async def test_jwks_is_fetched_lazily_per_tenant_and_cached() -> None:
+async def test_jwks_is_fetched_lazily_and_cached_for_every_tenant() -> None:
     url = f"{STS}/{T}/discovery/v2.0/keys"
     session, clock = _Session({url: (200, json.dumps(JWKS).encode())}), _Clock()
     source = _source(session, clock)
     assert session.calls == []
     assert await source.signing_key(T, KID) is not None
     assert await source.signing_key(T, KID) is not None
+    # The STS's keys are the same for every tenant: one cache, nothing to evict.
+    assert await source.signing_key(str(uuid.uuid4()), KID) is not None
     assert session.calls == [url]
+
+
+async def test_a_404_keeps_the_known_keys() -> None:
+    url = f"{STS}/{T}/discovery/v2.0/keys"
+    session, clock = _Session({url: (200, json.dumps(JWKS).encode())}), _Clock()
+    source = _source(session, clock)
+    assert await source.signing_key(T, KID) is not None
+    clock.now += 61
+    assert await source.signing_key(str(uuid.uuid4()), "other") is None  # answered 404
+    assert await source.signing_key(T, KID) is not None
+    assert len(session.calls) == 2
 
 
 async def test_unknown_kids_refetch_at_most_once_per_interval() -> None:
