@@ -22,7 +22,7 @@ import secrets
 import structlog
 from aiohttp import web
 
-from ca import queries
+from ca import queries, renewal
 from ca.bodies import (
     AgentList,
     AgentView,
@@ -93,6 +93,7 @@ async def bootstrap(request: web.Request) -> web.Response:
         await broker.declare_tenant_queue(agent.tenant_id)
         await broker.put_agent_user(username, access_key, agent.tenant_id)
         await queries.record_bootstrap(conn, agent.id, username, now)
+        await renewal.complete(conn, agent, now)
     expires_at = now + dt.timedelta(seconds=settings.access_key_lifetime_s)
     log.info("agent_bootstrapped", broker_user=username, expires_at=expires_at.isoformat())
     return json_response(
