@@ -47,7 +47,7 @@ from typing import Any, Final
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from agent import state
+from agent import renewal, state
 from agent.broker import (
     BrokerCredentialsRefused,
     BrokerLink,
@@ -55,7 +55,15 @@ from agent.broker import (
     QueueUnavailable,
     open_link,
 )
-from agent.cloud import AgentGone, BrokerGrant, CaClient, ClientCertificateRequired, is_transient
+from agent.cloud import (
+    AgentGone,
+    BrokerGrant,
+    CaClient,
+    ClientCertificateRequired,
+    RenewalInProgress,
+    RenewalReplayed,
+    is_transient,
+)
 from agent.consumer import SignInHandler
 from agent.directory import Directory, DirectoryError, DirectoryMisconfigured
 from agent.errors import AgentError
@@ -153,6 +161,10 @@ class _Current:
     last_sync: str = ""
     # Links being retired by a refresh; closed by _halt if a stop interrupts the refresh.
     retiring: list[tuple[_Consumer | None, BrokerLink]] = field(default_factory=list)
+    # The identity in use (replaced by a renewal); one link swap at a time.
+    registration: state.Registration | None = None
+    swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    renew_due: asyncio.Event = field(default_factory=asyncio.Event)
 
     def health(self) -> Health:
         detail = self.detail()
@@ -217,6 +229,9 @@ async def _run_connected(
         trust=trust,
         timeout_s=settings.http_timeout_s,
     )
+    if state.pending_renewal_key(registration.dir) is not None:
+        registration = await _resume_renewal(ca, registration)
+    current.registration = registration
     handler = SignInHandler(
         agent_id=record.agent_id,
         tenant_id=record.tenant_id,
@@ -229,7 +244,7 @@ async def _run_connected(
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(_raise_when_set(stop), name="stop")
-            group.create_task(_serve(ca, registration, settings, current), name="serve")
+            group.create_task(_serve(ca, settings, current), name="serve")
             if settings.sync_interval_s > 0:
                 source = UserSource(directory_settings)
                 group.create_task(
@@ -278,10 +293,9 @@ def retry_delay(attempt: int) -> float:
     return ceiling * _jitter.uniform(0.5, 1.0)
 
 
-async def _serve(
-    ca: CaClient, registration: state.Registration, settings: Settings, current: _Current
-) -> None:
-    assert current.handler is not None
+async def _serve(ca: CaClient, settings: Settings, current: _Current) -> None:
+    assert current.handler is not None and current.registration is not None
+    registration = current.registration
     current.received_at = time.time()
     link = await _connect(ca, registration, settings)
     current.link = link
@@ -296,10 +310,13 @@ async def _serve(
                 health=current.health,
                 interval_s=link.grant.heartbeat_interval_s,
                 fixed_interval_s=settings.heartbeat_interval_s,
+                on_renew_due=current.renew_due.set,
             ),
             name="heartbeat",
         )
-        group.create_task(_refresh(ca, registration, settings, current), name="refresh")
+        group.create_task(_refresh(ca, settings, current), name="refresh")
+        group.create_task(_renewal_loop(ca, settings, current), name="renewal")
+        group.create_task(_expiry_guard(settings, current), name="expiry")
 
 
 async def _connect(
@@ -333,9 +350,7 @@ async def _connect(
             await asyncio.sleep(delay)
 
 
-async def _refresh(
-    ca: CaClient, registration: state.Registration, settings: Settings, current: _Current
-) -> None:
+async def _refresh(ca: CaClient, settings: Settings, current: _Current) -> None:
     """Bootstrap again before the access key expires and move the consumer to a new link."""
     while True:
         assert current.link is not None and current.handler is not None  # set by _serve
@@ -345,8 +360,17 @@ async def _refresh(
             now=time.time(),
         )
         await asyncio.sleep(delay)
+        await _swap_link(ca, settings, current, why="broker_credentials_rotated")
+
+
+async def _swap_link(ca: CaClient, settings: Settings, current: _Current, *, why: str) -> None:
+    """Bootstrap with the current identity, consume on the new link, then retire the old
+    one (make before break: no gap in consumption)."""
+    async with current.swap_lock:
+        assert current.link is not None and current.handler is not None
+        assert current.registration is not None
         received_at = time.time()
-        new = await _connect(ca, registration, settings)
+        new = await _connect(ca, current.registration, settings)
         consumer = _Consumer(new, current.handler)
         try:
             await consumer.start()
@@ -357,7 +381,7 @@ async def _refresh(
         current.link, current.consumer, current.received_at = new, consumer, received_at
         current.handler.exchange = new.exchange  # in-flight requests reply on the new channel
         log.info(
-            "broker_credentials_rotated",
+            why,
             expires_at=new.grant.expires_at.isoformat(),
             previous_expired_at=old_link.grant.expires_at.isoformat(),
         )
@@ -367,6 +391,85 @@ async def _refresh(
             await old_consumer.stop(settings.drain_timeout_s)
         await old_link.close(settings.drain_timeout_s)
         current.retiring.remove(retired)
+
+
+async def _renewal_loop(ca: CaClient, settings: Settings, current: _Current) -> None:
+    """Renew the certificate when a heartbeat says so (``agent.renewal``), without
+    dropping a sign-in: the old key stays for requests sealed before the STS switched,
+    the CA sees the new certificate from now on, and the broker link is replaced make
+    before break with credentials bootstrapped with the new certificate."""
+    attempt = 0
+    while True:
+        await current.renew_due.wait()
+        assert current.registration is not None and current.handler is not None
+        old = current.registration
+        try:
+            renewed, key = await renewal.renew(ca, old, now=dt.datetime.now(dt.UTC))
+        except RenewalInProgress as exc:
+            delay = exc.retry_after_s * _jitter.uniform(1.0, 1.5)
+            log.info("renewal_postponed", reason="renewal_in_progress", retry_in_s=delay)
+            await asyncio.sleep(delay)
+            continue
+        except _FATAL_CLOUD:
+            raise
+        except AgentError as exc:
+            delay = retry_delay(attempt + 4)  # 16-60 s: a renewal is not urgent
+            attempt += 1
+            log.warning("renewal_failed", error=str(exc), attempt=attempt, retry_in_s=delay)
+            await asyncio.sleep(delay)
+            continue
+        attempt = 0
+        current.renew_due.clear()
+        current.handler.use_key(renewed.kid, key)
+        current.registration = renewed
+        await ca.use_identity(renewed.mutual_tls())
+        await _swap_link(ca, settings, current, why="broker_link_renewed")
+        asyncio.get_running_loop().call_later(
+            renewal.KEEP_OLD_KEY_S, current.handler.forget_key, old.kid
+        )
+        log.info("renewal_done", kid=renewed.kid, old_key_kept_s=renewal.KEEP_OLD_KEY_S)
+
+
+async def _resume_renewal(ca: CaClient, registration: state.Registration) -> state.Registration:
+    """Finish a renewal a crash interrupted (``renew.key`` without certificate) before
+    anything else: if the CA already switched this agent, only this gets the new
+    certificate. The CA answering ``renewal_in_progress`` proves it did not: the current
+    identity is still good and the renewal waits for the next heartbeat."""
+    attempt = 0
+    while True:
+        try:
+            renewed, _ = await renewal.renew(ca, registration, now=dt.datetime.now(dt.UTC))
+        except (RenewalInProgress, RenewalReplayed):
+            return registration
+        except AgentError as exc:
+            if not is_transient(exc):
+                raise
+            delay = retry_delay(attempt)
+            attempt += 1
+            log.warning("renewal_resume_failed", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            continue
+        await ca.use_identity(renewed.mutual_tls())
+        return renewed
+
+
+async def _expiry_guard(settings: Settings, current: _Current) -> None:
+    """Stop consuming ``expiry_margin_s`` before the certificate expires (if it was not
+    renewed by then), so no request is sent to a key the CA no longer trusts: raises
+    CertificateExpired, which stops the daemon."""
+    while True:
+        assert current.registration is not None
+        not_after = current.registration.not_after
+        delay = renewal.expiry_stop_delay(
+            not_after, now=dt.datetime.now(dt.UTC), margin_s=settings.expiry_margin_s
+        )
+        if delay <= 0:
+            log.error("certificate_expiring_stop", not_after=not_after.isoformat())
+            raise state.CertificateExpired(
+                f"It expires at {not_after.isoformat()} and was not renewed; the agent "
+                "stopped consuming before that."
+            )
+        await asyncio.sleep(min(delay, 60.0))  # a renewal moves the deadline
 
 
 async def _sync_loop(
