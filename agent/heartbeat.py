@@ -48,7 +48,7 @@ async def heartbeat_loop(
     interval_s: float,
     fixed_interval_s: float | None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    on_renew_due: Callable[[], None] | None = None,
+    on_renew_due: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Send heartbeats until cancelled.
 
@@ -71,7 +71,7 @@ async def heartbeat_loop(
             if answer.renew:
                 log.warning("renewal_due")
                 if on_renew_due is not None:
-                    on_renew_due()
+                    await on_renew_due()
             if fixed_interval_s is None and answer.heartbeat_interval_s is not None:
                 interval = answer.heartbeat_interval_s
         await sleep(interval)

@@ -164,7 +164,8 @@ class _Current:
     # The identity in use (replaced by a renewal); one link swap at a time.
     registration: state.Registration | None = None
     swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    renew_due: asyncio.Event = field(default_factory=asyncio.Event)
+    generation: int = 0  # bumped by each renewal: calls made before it may be refused
+    renew_not_before: float = 0.0  # after renewal_in_progress: the CA's retry_after_s
 
     def health(self) -> Health:
         detail = self.detail()
@@ -310,12 +311,11 @@ async def _serve(ca: CaClient, settings: Settings, current: _Current) -> None:
                 health=current.health,
                 interval_s=link.grant.heartbeat_interval_s,
                 fixed_interval_s=settings.heartbeat_interval_s,
-                on_renew_due=current.renew_due.set,
+                on_renew_due=lambda: _renew_now(ca, settings, current),
             ),
             name="heartbeat",
         )
         group.create_task(_refresh(ca, settings, current), name="refresh")
-        group.create_task(_renewal_loop(ca, settings, current), name="renewal")
         group.create_task(_expiry_guard(settings, current), name="expiry")
 
 
@@ -364,70 +364,84 @@ async def _refresh(ca: CaClient, settings: Settings, current: _Current) -> None:
 
 
 async def _swap_link(ca: CaClient, settings: Settings, current: _Current, *, why: str) -> None:
-    """Bootstrap with the current identity, consume on the new link, then retire the old
-    one (make before break: no gap in consumption)."""
     async with current.swap_lock:
-        assert current.link is not None and current.handler is not None
-        assert current.registration is not None
-        received_at = time.time()
-        new = await _connect(ca, current.registration, settings)
-        consumer = _Consumer(new, current.handler)
-        try:
-            await consumer.start()
-        except BaseException:
-            await new.close(settings.drain_timeout_s)  # bounded, never raises
-            raise
-        old_link, old_consumer = current.link, current.consumer
-        current.link, current.consumer, current.received_at = new, consumer, received_at
-        current.handler.exchange = new.exchange  # in-flight requests reply on the new channel
-        log.info(
-            why,
-            expires_at=new.grant.expires_at.isoformat(),
-            previous_expired_at=old_link.grant.expires_at.isoformat(),
-        )
-        retired = (old_consumer, old_link)
-        current.retiring.append(retired)
-        if old_consumer is not None:
-            await old_consumer.stop(settings.drain_timeout_s)
-        await old_link.close(settings.drain_timeout_s)
-        current.retiring.remove(retired)
+        await _swap_link_locked(ca, settings, current, why=why)
 
 
-async def _renewal_loop(ca: CaClient, settings: Settings, current: _Current) -> None:
-    """Renew the certificate when a heartbeat says so (``agent.renewal``), without
-    dropping a sign-in: the old key stays for requests sealed before the STS switched,
-    the CA sees the new certificate from now on, and the broker link is replaced make
-    before break with credentials bootstrapped with the new certificate."""
-    attempt = 0
-    while True:
-        await current.renew_due.wait()
+async def _swap_link_locked(
+    ca: CaClient, settings: Settings, current: _Current, *, why: str
+) -> None:
+    """Bootstrap with the current identity, consume on the new link, then retire the old
+    one (make before break: no gap in consumption). The caller holds ``swap_lock``."""
+    assert current.link is not None and current.handler is not None
+    assert current.registration is not None
+    received_at = time.time()
+    new = await _connect(ca, current.registration, settings)
+    consumer = _Consumer(new, current.handler)
+    try:
+        await consumer.start()
+    except BaseException:
+        await new.close(settings.drain_timeout_s)  # bounded, never raises
+        raise
+    old_link, old_consumer = current.link, current.consumer
+    current.link, current.consumer, current.received_at = new, consumer, received_at
+    current.handler.exchange = new.exchange  # in-flight requests reply on the new channel
+    log.info(
+        why,
+        expires_at=new.grant.expires_at.isoformat(),
+        previous_expired_at=old_link.grant.expires_at.isoformat(),
+    )
+    retired = (old_consumer, old_link)
+    current.retiring.append(retired)
+    if old_consumer is not None:
+        await old_consumer.stop(settings.drain_timeout_s)
+    await old_link.close(settings.drain_timeout_s)
+    current.retiring.remove(retired)
+
+
+async def _renew_now(ca: CaClient, settings: Settings, current: _Current) -> None:
+    """Renew the certificate (a heartbeat said so; ``agent.renewal``) without dropping a
+    sign-in: the old key stays for requests sealed before the STS switched, the CA sees
+    the new certificate from now on, and the broker link is replaced make before break
+    with credentials bootstrapped with the new certificate.
+
+    Runs inside the heartbeat loop, holding ``swap_lock``: no heartbeat or bootstrap
+    with the old certificate is in flight when the CA supersedes it. A failure is logged
+    and tried again at a later heartbeat (after ``retry_after_s`` when the CA says
+    another agent of the tenant is renewing).
+    """
+    if time.monotonic() < current.renew_not_before:
+        return
+    async with current.swap_lock:
         assert current.registration is not None and current.handler is not None
         old = current.registration
         try:
             renewed, key = await renewal.renew(ca, old, now=dt.datetime.now(dt.UTC))
         except RenewalInProgress as exc:
             delay = exc.retry_after_s * _jitter.uniform(1.0, 1.5)
+            current.renew_not_before = time.monotonic() + delay
             log.info("renewal_postponed", reason="renewal_in_progress", retry_in_s=delay)
-            await asyncio.sleep(delay)
-            continue
+            return
         except _FATAL_CLOUD:
             raise
         except AgentError as exc:
-            delay = retry_delay(attempt + 4)  # 16-60 s: a renewal is not urgent
-            attempt += 1
-            log.warning("renewal_failed", error=str(exc), attempt=attempt, retry_in_s=delay)
-            await asyncio.sleep(delay)
-            continue
-        attempt = 0
-        current.renew_due.clear()
+            log.warning("renewal_failed", error=str(exc), kind=type(exc).__name__)
+            return
+        started = time.perf_counter()
         current.handler.use_key(renewed.kid, key)
         current.registration = renewed
+        current.generation += 1
         await ca.use_identity(renewed.mutual_tls())
-        await _swap_link(ca, settings, current, why="broker_link_renewed")
-        asyncio.get_running_loop().call_later(
-            renewal.KEEP_OLD_KEY_S, current.handler.forget_key, old.kid
-        )
-        log.info("renewal_done", kid=renewed.kid, old_key_kept_s=renewal.KEEP_OLD_KEY_S)
+        await _swap_link_locked(ca, settings, current, why="broker_link_renewed")
+    asyncio.get_running_loop().call_later(
+        renewal.KEEP_OLD_KEY_S, current.handler.forget_key, old.kid
+    )
+    log.info(
+        "renewal_done",
+        kid=renewed.kid,
+        switch_ms=round((time.perf_counter() - started) * 1000, 1),
+        old_key_kept_s=renewal.KEEP_OLD_KEY_S,
+    )
 
 
 async def _resume_renewal(ca: CaClient, registration: state.Registration) -> state.Registration:
@@ -483,10 +497,16 @@ async def _sync_loop(
     delay = min(interval_s, FIRST_SYNC_DELAY_S) * _jitter.uniform(0.5, 1.0)
     while True:
         await asyncio.sleep(delay)
+        generation = current.generation
         try:
             report = await sync_once(source, ca)
-        except _FATAL_CLOUD:
-            raise
+        except _FATAL_CLOUD as exc:
+            if current.generation == generation:
+                raise
+            # Sent with the certificate a renewal has just replaced: try again soon.
+            log.info("users_sync_interrupted_by_renewal", error=str(exc))
+            delay = FIRST_SYNC_DELAY_S
+            continue
         except AgentError as exc:
             log.warning("users_sync_failed", error=str(exc), kind=type(exc).__name__)
             current.last_sync = f"failed at {_clock()}: {type(exc).__name__}"

@@ -12,7 +12,8 @@ body ``{"csr": PEM}`` for a NEW RSA-2048 key made on the agent's host:
    usable for one certificate only, so a replayed renewal changes nothing;
 4. the tenant's ``renewal`` lease (``ca.leases``) is taken for ``renewal_lease_s``; if
    another agent of the tenant holds it the answer is 409 ``renewal_in_progress`` with
-   ``retry_after_s`` (and a ``Retry-After`` header);
+   ``retry_after_s`` (and a ``Retry-After`` header): the lease's remaining time, at most
+   ``renewal_retry_after_s``, since a renewal usually ends within seconds;
 5. in ONE transaction with the agent row locked: the row gets the new SPKI, kid, serial
    and expiry (the update trigger of migration 005 notifies every STS replica, which
    reloads the tenant's keys), the old serial is revoked with reason ``superseded`` (on
@@ -144,8 +145,9 @@ async def _renew(request: web.Request) -> web.Response:
             now=now,
         )
         if held is not None:
+            retry_after_s = min(held.retry_after_s(now), settings.renewal_retry_after_s)
             raise RenewalInProgress(
-                retry_after_s=held.retry_after_s(now), detail=f"held by agent {held.holder}"
+                retry_after_s=retry_after_s, detail=f"held by agent {held.holder}"
             )
         issued = authority.issue_agent_certificate(
             csr,
@@ -314,4 +316,3 @@ async def _sweep_loop(app: web.Application, interval_s: float) -> None:
         except Exception:
             log.exception("agent_expiry_sweep_failed")
         await asyncio.sleep(interval_s)
-

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import time
 from pathlib import Path
@@ -85,6 +86,7 @@ async def test_renewal_replaces_key_and_serial_and_supersedes_the_old_certificat
     agent = await register(ca, tenant, tmp_path / "old")
     old_serial, old_kid = _serial(agent.certificate), agent.answer["kid"]
     notified: asyncio.Queue[str] = asyncio.Queue()
+
     def on_notify(*args: Any) -> None:
         notified.put_nowait(args[3])
 
@@ -107,7 +109,9 @@ async def test_renewal_replaces_key_and_serial_and_supersedes_the_old_certificat
     assert answer["kid"] == pki.spki_sha256_kid(key.public_key()) != old_kid
     identity = pki.agent_identity(cert)
     assert (identity.tenant_id, identity.agent_id) == (tenant, agent.agent_id)
-    row = await db.fetchrow("SELECT kid, cert_serial, spki FROM agents WHERE id = $1", agent.agent_id)
+    row = await db.fetchrow(
+        "SELECT kid, cert_serial, spki FROM agents WHERE id = $1", agent.agent_id
+    )
     assert (row["kid"], row["cert_serial"]) == (answer["kid"], answer["serial"])
     assert bytes(row["spki"]) == pki.spki_der(key.public_key())
     reason = await db.fetchval(
@@ -169,8 +173,10 @@ def _csr_with_bad_signature() -> str:
 
 def _ec_csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
-        key, hashes.SHA256()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -286,7 +292,9 @@ async def test_renewals_of_a_tenant_are_serialised_and_a_dead_lease_expires(
     assert 0 < refusal["retry_after_s"] <= ca.settings.renewal_lease_s
     assert headers["Retry-After"] == str(refusal["retry_after_s"])
     loser_agent = (first, second)[loser]
-    loser_row = await db.fetchrow("SELECT kid, cert_serial FROM agents WHERE id = $1", loser_agent.agent_id)
+    loser_row = await db.fetchrow(
+        "SELECT kid, cert_serial FROM agents WHERE id = $1", loser_agent.agent_id
+    )
     assert loser_row["cert_serial"] == _serial(loser_agent.certificate)
 
     # Another tenant is not held back.
@@ -350,9 +358,10 @@ async def test_an_expired_agent_is_deleted_and_told_to_register_again(
 
 async def _broker_users(ca: CaServer) -> list[dict[str, Any]]:
     stack = ca.stack
-    auth = aiohttp.BasicAuth(stack.demo.rabbitmq_admin_user, stack.demo.rabbitmq_admin_password)
+    raw = f"{stack.demo.rabbitmq_admin_user}:{stack.demo.rabbitmq_admin_password}"
+    auth = {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
     async with (
-        aiohttp.ClientSession(auth=auth) as http,
+        aiohttp.ClientSession(headers=auth) as http,
         http.get(f"{stack.rabbitmq.management_url}/api/users") as resp,
     ):
         assert resp.status == 200
