@@ -171,9 +171,8 @@ class SignIns:
         self.connection, self.keys, self.tenant_id = connection, keys, tenant_id
         self.results: list[tuple[str, str]] = []  # (outcome, kid sealed for ...)
 
-    async def one(self, channel: aio_pika.abc.AbstractChannel, username: str, password: str) -> str:
-        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await replies.bind(REPLY_EXCHANGE, routing_key=replies.name)
+    async def seal(self, username: str, password: str, *, lifetime_s: float = 10) -> Any:
+        """An envelope for the tenant's keys as the cache has them now, and its reply key."""
         agents = await self.keys.for_tenant(self.tenant_id)
         reply_key = new_reply_key()
         now = time.time()
@@ -185,14 +184,26 @@ class SignIns:
             tenant_id=self.tenant_id,
             username=username,
             issued_at=now,
-            expires_at=now + 10,
+            expires_at=now + lifetime_s,
         )
+        return envelope, reply_key
+
+    async def one(self, channel: aio_pika.abc.AbstractChannel, username: str, password: str) -> str:
+        return await self.send(channel, *await self.seal(username, password))
+
+    async def send(
+        self, channel: aio_pika.abc.AbstractChannel, envelope: Any, reply_key: bytes
+    ) -> str:
+        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await replies.bind(REPLY_EXCHANGE, routing_key=replies.name)
+        remaining_s = envelope.expires_at - time.time()
         message = request_message(
-            envelope, reply_to=replies.name, correlation_id=envelope.request_id, expiration_s=10
-        )
+            envelope, reply_to=replies.name, correlation_id=envelope.request_id,
+            expiration_s=remaining_s,
+        )  # fmt: skip
         await channel.default_exchange.publish(message, routing_key=tenant_queue(self.tenant_id))
         try:
-            async with asyncio.timeout(10), replies.iterator() as stream:
+            async with asyncio.timeout(remaining_s), replies.iterator() as stream:
                 async for incoming in stream:
                     await incoming.ack()
                     reply = decode_reply(incoming.body)
@@ -404,11 +415,18 @@ async def test_an_agent_killed_during_renewal_restarts_and_works(
     assert not loaded.dir.pending_key.exists() and not loaded.dir.pending_certificate.exists()
 
 
-async def test_a_single_agent_renewal_time(stack: Stack, tenant: Tenant, keys: AgentKeys) -> None:
-    """The time from 'due' to the agent consuming with its new certificate."""
+async def test_a_single_agent_renewal_time_and_a_request_sealed_for_the_old_key(
+    stack: Stack, tenant: Tenant, keys: AgentKeys
+) -> None:
+    """The time from 'due' to the agent consuming with its new certificate; a request the
+    STS sealed for the old key just before the switch is still answered."""
+    contoso = stack.demo.tenants[0]
+    alice = next(u for u in contoso.users if u.uid == "alice")
     reg = await _register(stack, tenant, "solo")
     agents = Agents(stack, tenant)
     db = await asyncpg.connect(stack.postgres_dsn)
+    connection = await aio_pika.connect(stack.amqp_url)
+    signins = SignIns(connection, keys, tenant.tenant_id)
     try:
         agents.start(reg.dir.path)
 
@@ -416,6 +434,7 @@ async def test_a_single_agent_renewal_time(stack: Stack, tenant: Tenant, keys: A
             return await _consumers(stack, tenant.tenant_id) >= 1
 
         await _until(consuming, 60, "the agent consuming")
+        late = await signins.seal(alice.username, alice.password, lifetime_s=60)
         started = time.monotonic()
         await _make_due(db, tenant.tenant_id)
 
@@ -428,8 +447,16 @@ async def test_a_single_agent_renewal_time(stack: Stack, tenant: Tenant, keys: A
 
         await _until(renewed, 60, "the renewal")
         elapsed = time.monotonic() - started
+        channel = await connection.channel()
+        late_outcome = await signins.send(channel, *late)
+        fresh_outcome = await signins.one(channel, alice.username, alice.password)
+        await channel.close()
     finally:
+        await connection.close()
         await db.close()
         await agents.close()
     print(f"\none agent renewed in {elapsed:.2f} s (heartbeat every 0.3 s)")
-    assert state.load(reg.dir.path).kid != reg.kid
+    new_kid = state.load(reg.dir.path).kid
+    assert new_kid != reg.kid
+    assert [r.kid for r in late[0].recipients] == [reg.kid]
+    assert (late_outcome, fresh_outcome) == ("success", "success")
