@@ -122,6 +122,8 @@ async def test_renewal_replaces_key_and_serial_and_supersedes_the_old_certificat
         agent.agent_id
     )
 
+    assert await _renewal_shown(ca, new, tenant) == ("in_progress", "in_progress")
+
     # The old certificate is refused everywhere; the new one works, and its first
     # bootstrap completes the renewal and frees the tenant's lease.
     status, answer, _ = await _call(ca, agent.cert_file, agent.key_file, "/agents/bootstrap")
@@ -133,6 +135,12 @@ async def test_renewal_replaces_key_and_serial_and_supersedes_the_old_certificat
         "SELECT completed_at FROM agent_renewals WHERE new_serial = $1", _serial(cert)
     )
     assert completed is not None
+    assert await _renewal_shown(ca, new, tenant) == ("not_due", "not_due")
+    ca.clock.offset = dt.timedelta(days=ca.settings.agent_cert_lifetime_days - 10)
+    try:
+        assert await _renewal_shown(ca, new, tenant) == ("due", "due")
+    finally:
+        ca.clock.offset = dt.timedelta()
     # The old serial is on the PTA CRL.
     async with ca.http.get(f"{ca.crl_url}/pta.crl") as resp:
         crl = x509.load_der_x509_crl(await resp.read())
@@ -159,6 +167,20 @@ async def test_a_renewal_asked_again_with_the_same_key_gets_the_same_certificate
     status, answer, _ = await _renew(ca, agent, other)
     assert (status, answer["error"]) == (401, "certificate_superseded")
     assert await _tables(db, tenant) == before
+
+
+async def _renewal_shown(ca: CaServer, agent: Agent, tenant: str) -> tuple[str, str]:
+    """The ``renewal`` field of GET /agents/self (mTLS) and of GET /agents (admin)."""
+    async with (
+        agent_session(ca, agent.cert_file, agent.key_file) as http,
+        http.get(f"{ca.url}/agents/self") as resp,
+    ):
+        own = (await resp.json())["renewal"]
+    async with ca.http.get(
+        f"{ca.url}/agents", headers={"Authorization": f"Bearer {ca.admin_token(tenant)}"}
+    ) as resp:
+        [listed] = [a for a in (await resp.json())["agents"] if a["agent_id"] == agent.agent_id]
+    return own, listed["renewal"]
 
 
 # -- bad input: each refused with its code, nothing changed -------------------------------------
