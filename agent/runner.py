@@ -20,7 +20,10 @@ Lifetime, child tasks in one ``TaskGroup`` (STYLE.md section 6):
    ``REFRESH_AT_FRACTION`` (80 %) of the access key's lifetime, opens a new link,
    consumes on it with the same handler, then cancels the old consumer, lets its
    in-flight requests finish (``drain_timeout_s``) and closes the old link (make before
-   break: no gap in consumption);
+   break: no gap in consumption); a heartbeat answering ``renew: true`` renews the
+   certificate in the heartbeat loop (``_renew_now``, ``agent.renewal``) and swaps the
+   link the same way; the expiry guard stops the agent ``expiry_margin_s`` before an
+   unrenewed certificate expires;
 6. when ``stop`` is set the group is cancelled; then the consumer is cancelled, in-flight
    requests drain for up to ``drain_timeout_s``, the link closes, the CA session closes
    (waiting for its TLS connections to shut down, see ``_close_quietly``), and the

@@ -460,3 +460,20 @@ async def test_a_single_agent_renewal_time_and_a_request_sealed_for_the_old_key(
     assert new_kid != reg.kid
     assert [r.kid for r in late[0].recipients] == [reg.kid]
     assert (late_outcome, fresh_outcome) == ("success", "success")
+
+
+async def test_an_agent_not_renewed_stops_consuming_before_expiry(
+    stack: Stack, tenant: Tenant
+) -> None:
+    """A margin longer than the certificate's life left: the guard fires at once."""
+    reg = await _register(stack, tenant, "expiring")
+    settings = load_settings(
+        state_dir=reg.dir.path,
+        heartbeat_interval_s=0.3,
+        expiry_margin_s=200 * 86400,
+        **directory_overrides(stack),
+    )
+    async with asyncio.timeout(60):
+        with pytest.raises(state.CertificateExpired, match="stopped consuming"):
+            await runner.run(settings, stop=asyncio.Event())
+    assert await _consumers(stack, tenant.tenant_id) == 0
