@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import itertools
 import secrets
 import shutil
@@ -31,11 +32,13 @@ import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
+import structlog
 from argon2 import PasswordHasher
 
 from agent import __version__, registration, renewal, runner, state
 from agent.settings import load_settings
 from agent.signin import PasswordLogin
+from common import logs
 from common.contracts import ADMIN_ROLE, REPLY_EXCHANGE, tenant_queue
 from common.envelope import new_reply_key, seal, verify_reply
 from common.tls import client_context
@@ -123,12 +126,24 @@ async def _register(stack: Stack, tenant: Tenant, name: str) -> state.Registrati
     return loaded
 
 
+def _logs_to(sink: io.StringIO) -> None:
+    """As `pta-agent run` configures logging, to ``sink``; loggers must not be cached, or
+    later tests of the session could not capture the agent modules' events."""
+    logs.configure(level="DEBUG", json=True, service="agent")
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(file=sink), cache_logger_on_first_use=False
+    )
+
+
 class Agents:
     """Daemons of one tenant running in this event loop."""
+
+    output = io.StringIO()
 
     def __init__(self, stack: Stack, tenant: Tenant) -> None:
         self.stack, self.tenant = stack, tenant
         self.stop = asyncio.Event()
+        _logs_to(self.output)
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self, state_dir: Path) -> None:
@@ -467,6 +482,7 @@ async def test_an_agent_not_renewed_stops_consuming_before_expiry(
 ) -> None:
     """A margin longer than the certificate's life left: the guard fires at once."""
     reg = await _register(stack, tenant, "expiring")
+    _logs_to(io.StringIO())
     settings = load_settings(
         state_dir=reg.dir.path,
         heartbeat_interval_s=0.3,
