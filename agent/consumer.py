@@ -160,6 +160,11 @@ class SignInHandler:
     def kids(self) -> tuple[str, ...]:
         return tuple(self._keys)
 
+    @property
+    def _private_key(self) -> RSAPrivateKey:
+        """The current key (what this attribute held before renewal existed)."""
+        return self._keys[self.kid]
+
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         """Handle one delivery and settle it; never raises except ``CancelledError``."""
         started = time.perf_counter()
