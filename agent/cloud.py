@@ -109,6 +109,28 @@ class AgentNotFound(AgentGone):
     code = "agent_not_found"
 
 
+class CertificateExpired(AgentGone):
+    """This agent's certificate expired, so the cloud deleted the agent: register it again
+    with `pta-agent register --force`."""
+
+    code = "certificate_expired"
+
+
+class RenewalInProgress(CaError):
+    """Another agent of this tenant is renewing its certificate: the agent tries again
+    after the time the CA asked for."""
+
+    code = "renewal_in_progress"
+    retry_after_s: float = 60.0
+
+
+class RenewalReplayed(CaError):
+    """The CA refused the renewal because its key was used before: the agent makes a new
+    key and tries again."""
+
+    code = "renewal_replayed"
+
+
 class DomainNotVerified(CaError):
     """The CA refused users whose domain is not a verified domain of this agent's tenant:
     set PTA_AGENT_LDAP_DOMAIN to a domain the tenant has verified, or verify it first."""
@@ -136,7 +158,7 @@ _BY_CODE: dict[str, type[CaError]] = {
         InvalidRequest, CsrRefused, InvalidToken, InsufficientRole, TenantMismatch,
         AgentLimitReached, ClientCertificateRequired, CertificateRevoked,
         CertificateSuperseded, AgentNotFound, BrokerUnavailable, DomainNotVerified,
-        SyncConflict,
+        SyncConflict, CertificateExpired, RenewalInProgress, RenewalReplayed,
     )
 }  # fmt: skip
 
@@ -152,6 +174,20 @@ class IssuedCertificate(BaseModel):
     ca_certificate: str
     not_after: AwareDatetime
     kid: str
+
+
+class RenewedCertificate(BaseModel):
+    """``POST /agents/renew`` answer (200)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    agent_id: str
+    tenant_id: str
+    certificate: str
+    ca_certificate: str
+    not_after: AwareDatetime
+    kid: str
+    serial: str
 
 
 class BrokerGrant(BaseModel):
@@ -227,6 +263,7 @@ class CaClient:
             base_url, ssl_context=ssl_context, timeout_s=timeout_s, trust=trust,
             service="the CA",
         )  # fmt: skip
+        self._base_url, self._trust, self._timeout_s = base_url, trust, timeout_s
         self.version = version
 
     async def __aenter__(self) -> CaClient:
@@ -257,6 +294,36 @@ class CaClient:
             body["tenant_id"] = tenant_id
         answer = await self._http.call("POST", "/agents/register", json=body, bearer=token)
         return _expect(answer, 201).parse(IssuedCertificate)
+
+    async def use_identity(self, ssl_context: ssl.SSLContext) -> None:
+        """Present another client certificate from now on (after a renewal); calls
+        already running finish on the old session, which is then closed."""
+        old = self._http
+        self._http = HttpsClient(
+            self._base_url, ssl_context=ssl_context, timeout_s=self._timeout_s,
+            trust=self._trust, service="the CA",
+        )  # fmt: skip
+        await old.close()
+
+    async def renew(self, csr_pem: bytes) -> RenewedCertificate:
+        """``POST /agents/renew`` over mutual TLS with the CURRENT certificate.
+
+        Raises RenewalInProgress (with ``retry_after_s``), RenewalReplayed, CsrRefused,
+        AgentGone and the other CaErrors, https errors.
+        """
+        answer = await self._http.call(
+            "POST", "/agents/renew", json={"csr": csr_pem.decode("ascii")}, mutual=True
+        )
+        if answer.status == 200:
+            return answer.parse(RenewedCertificate)
+        error = ca_error(answer)
+        if isinstance(error, RenewalInProgress):
+            try:
+                body = answer.json()
+                error.retry_after_s = max(1.0, min(3600.0, float(body["retry_after_s"])))
+            except (ProtocolError, KeyError, TypeError, ValueError):
+                pass
+        raise error
 
     async def bootstrap(self) -> BrokerGrant:
         """``POST /agents/bootstrap`` over mutual TLS: fresh broker credentials."""

@@ -134,7 +134,9 @@ class SignInHandler:
         self.agent_id = agent_id
         self.tenant_id = tenant_id
         self.kid = kid
-        self._private_key = private_key
+        # Every key this agent may be addressed by: the current one and, for a while after
+        # a renewal, the previous one (requests sealed before the STS switched).
+        self._keys: dict[str, RSAPrivateKey] = {kid: private_key}
         self.directory = directory
         self.exchange = exchange
         self.clock = clock
@@ -143,6 +145,28 @@ class SignInHandler:
         self.drop_redelivered = drop_redelivered
         # Outcomes since start: each reply status, and each reason a message was dropped.
         self.counts: Counter[str] = Counter()
+
+    def use_key(self, kid: str, private_key: RSAPrivateKey) -> None:
+        """Make a renewed key the current one; the previous keys still open requests
+        sealed for them until ``forget_key``."""
+        if not _KID_RE.match(kid):
+            raise ValueError("kid must be base64url SHA-256 of the SPKI (envelope.kid_for)")
+        self._keys[kid] = private_key
+        self.kid = kid
+
+    def forget_key(self, kid: str) -> None:
+        """Drop a previous key (never the current one)."""
+        if kid != self.kid:
+            self._keys.pop(kid, None)
+
+    @property
+    def kids(self) -> tuple[str, ...]:
+        return tuple(self._keys)
+
+    @property
+    def _private_key(self) -> RSAPrivateKey:
+        """The current key (what this attribute held before renewal existed)."""
+        return self._keys[self.kid]
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         """Handle one delivery and settle it; never raises except ``CancelledError``."""
@@ -203,7 +227,13 @@ class SignInHandler:
             verdict = Verdict(Status.AGENT_ERROR, "agent overloaded (replay cache full)")
             return await self._reply(message, envelope, verdict, started, reply_key=None)
         try:
-            opened = open_(envelope, self._private_key, self.kid)
+            addressed = {r.kid for r in envelope.recipients}
+            kid = (
+                self.kid
+                if self.kid in addressed
+                else next((k for k in self._keys if k in addressed), self.kid)
+            )
+            opened = open_(envelope, self._keys[kid], kid)
         except EnvelopeError as exc:  # KeyNotFound, DecryptFailed: no reply key, no MAC
             verdict = Verdict(exc.status, str(exc))
             return await self._reply(message, envelope, verdict, started, reply_key=None)

@@ -4,7 +4,7 @@ The first heartbeat goes at once, so the cloud shows the agent active as soon as
 starts; then one per interval. The interval is the operator's setting
 (``PTA_AGENT_HEARTBEAT_INTERVAL_S``) when given, else the CA's (bootstrap answer, then
 each heartbeat answer). A heartbeat answer with ``renew: true`` is logged as
-``renewal_due`` (the agent cannot renew its certificate yet: an operator registers it again).
+``renewal_due`` and passed to ``on_renew_due`` (the daemon then renews, ``agent.renewal``).
 
 A failed heartbeat is logged and the loop goes on (a CA outage must not stop sign-ins);
 only an answer saying the cloud no longer accepts this agent (revoked, superseded,
@@ -48,6 +48,7 @@ async def heartbeat_loop(
     interval_s: float,
     fixed_interval_s: float | None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_renew_due: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Send heartbeats until cancelled.
 
@@ -69,6 +70,8 @@ async def heartbeat_loop(
             log.debug("heartbeat_sent", status=current.status, renew=answer.renew)
             if answer.renew:
                 log.warning("renewal_due")
+                if on_renew_due is not None:
+                    await on_renew_due()
             if fixed_interval_s is None and answer.heartbeat_interval_s is not None:
                 interval = answer.heartbeat_interval_s
         await sleep(interval)

@@ -20,7 +20,10 @@ Lifetime, child tasks in one ``TaskGroup`` (STYLE.md section 6):
    ``REFRESH_AT_FRACTION`` (80 %) of the access key's lifetime, opens a new link,
    consumes on it with the same handler, then cancels the old consumer, lets its
    in-flight requests finish (``drain_timeout_s``) and closes the old link (make before
-   break: no gap in consumption);
+   break: no gap in consumption); a heartbeat answering ``renew: true`` renews the
+   certificate in the heartbeat loop (``_renew_now``, ``agent.renewal``) and swaps the
+   link the same way; the expiry guard stops the agent ``expiry_margin_s`` before an
+   unrenewed certificate expires;
 6. when ``stop`` is set the group is cancelled; then the consumer is cancelled, in-flight
    requests drain for up to ``drain_timeout_s``, the link closes, the CA session closes
    (waiting for its TLS connections to shut down, see ``_close_quietly``), and the
@@ -47,7 +50,7 @@ from typing import Any, Final
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from agent import state
+from agent import renewal, state
 from agent.broker import (
     BrokerCredentialsRefused,
     BrokerLink,
@@ -55,7 +58,15 @@ from agent.broker import (
     QueueUnavailable,
     open_link,
 )
-from agent.cloud import AgentGone, BrokerGrant, CaClient, ClientCertificateRequired, is_transient
+from agent.cloud import (
+    AgentGone,
+    BrokerGrant,
+    CaClient,
+    ClientCertificateRequired,
+    RenewalInProgress,
+    RenewalReplayed,
+    is_transient,
+)
 from agent.consumer import SignInHandler
 from agent.directory import Directory, DirectoryError, DirectoryMisconfigured
 from agent.errors import AgentError
@@ -153,6 +164,11 @@ class _Current:
     last_sync: str = ""
     # Links being retired by a refresh; closed by _halt if a stop interrupts the refresh.
     retiring: list[tuple[_Consumer | None, BrokerLink]] = field(default_factory=list)
+    # The identity in use (replaced by a renewal); one link swap at a time.
+    registration: state.Registration | None = None
+    swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    generation: int = 0  # bumped by each renewal: calls made before it may be refused
+    renew_not_before: float = 0.0  # after renewal_in_progress: the CA's retry_after_s
 
     def health(self) -> Health:
         detail = self.detail()
@@ -217,6 +233,9 @@ async def _run_connected(
         trust=trust,
         timeout_s=settings.http_timeout_s,
     )
+    if state.pending_renewal_key(registration.dir) is not None:
+        registration = await _resume_renewal(ca, registration)
+    current.registration = registration
     handler = SignInHandler(
         agent_id=record.agent_id,
         tenant_id=record.tenant_id,
@@ -229,7 +248,7 @@ async def _run_connected(
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(_raise_when_set(stop), name="stop")
-            group.create_task(_serve(ca, registration, settings, current), name="serve")
+            group.create_task(_serve(ca, settings, current), name="serve")
             if settings.sync_interval_s > 0:
                 source = UserSource(directory_settings)
                 group.create_task(
@@ -278,10 +297,9 @@ def retry_delay(attempt: int) -> float:
     return ceiling * _jitter.uniform(0.5, 1.0)
 
 
-async def _serve(
-    ca: CaClient, registration: state.Registration, settings: Settings, current: _Current
-) -> None:
-    assert current.handler is not None
+async def _serve(ca: CaClient, settings: Settings, current: _Current) -> None:
+    assert current.handler is not None and current.registration is not None
+    registration = current.registration
     current.received_at = time.time()
     link = await _connect(ca, registration, settings)
     current.link = link
@@ -296,10 +314,12 @@ async def _serve(
                 health=current.health,
                 interval_s=link.grant.heartbeat_interval_s,
                 fixed_interval_s=settings.heartbeat_interval_s,
+                on_renew_due=lambda: _renew_now(ca, settings, current),
             ),
             name="heartbeat",
         )
-        group.create_task(_refresh(ca, registration, settings, current), name="refresh")
+        group.create_task(_refresh(ca, settings, current), name="refresh")
+        group.create_task(_expiry_guard(settings, current), name="expiry")
 
 
 async def _connect(
@@ -333,9 +353,7 @@ async def _connect(
             await asyncio.sleep(delay)
 
 
-async def _refresh(
-    ca: CaClient, registration: state.Registration, settings: Settings, current: _Current
-) -> None:
+async def _refresh(ca: CaClient, settings: Settings, current: _Current) -> None:
     """Bootstrap again before the access key expires and move the consumer to a new link."""
     while True:
         assert current.link is not None and current.handler is not None  # set by _serve
@@ -345,28 +363,130 @@ async def _refresh(
             now=time.time(),
         )
         await asyncio.sleep(delay)
-        received_at = time.time()
-        new = await _connect(ca, registration, settings)
-        consumer = _Consumer(new, current.handler)
+        await _swap_link(ca, settings, current, why="broker_credentials_rotated")
+
+
+async def _swap_link(ca: CaClient, settings: Settings, current: _Current, *, why: str) -> None:
+    async with current.swap_lock:
+        await _swap_link_locked(ca, settings, current, why=why)
+
+
+async def _swap_link_locked(
+    ca: CaClient, settings: Settings, current: _Current, *, why: str
+) -> None:
+    """Bootstrap with the current identity, consume on the new link, then retire the old
+    one (make before break: no gap in consumption). The caller holds ``swap_lock``."""
+    assert current.link is not None and current.handler is not None
+    assert current.registration is not None
+    received_at = time.time()
+    new = await _connect(ca, current.registration, settings)
+    consumer = _Consumer(new, current.handler)
+    try:
+        await consumer.start()
+    except BaseException:
+        await new.close(settings.drain_timeout_s)  # bounded, never raises
+        raise
+    old_link, old_consumer = current.link, current.consumer
+    current.link, current.consumer, current.received_at = new, consumer, received_at
+    current.handler.exchange = new.exchange  # in-flight requests reply on the new channel
+    log.info(
+        why,
+        expires_at=new.grant.expires_at.isoformat(),
+        previous_expired_at=old_link.grant.expires_at.isoformat(),
+    )
+    retired = (old_consumer, old_link)
+    current.retiring.append(retired)
+    if old_consumer is not None:
+        await old_consumer.stop(settings.drain_timeout_s)
+    await old_link.close(settings.drain_timeout_s)
+    current.retiring.remove(retired)
+
+
+async def _renew_now(ca: CaClient, settings: Settings, current: _Current) -> None:
+    """Renew the certificate (a heartbeat said so; ``agent.renewal``) without dropping a
+    sign-in: the old key stays for requests sealed before the STS switched, the CA sees
+    the new certificate from now on, and the broker link is replaced make before break
+    with credentials bootstrapped with the new certificate.
+
+    Runs inside the heartbeat loop, holding ``swap_lock``: no heartbeat or bootstrap
+    with the old certificate is in flight when the CA supersedes it. A failure is logged
+    and tried again at a later heartbeat (after ``retry_after_s`` when the CA says
+    another agent of the tenant is renewing).
+    """
+    if time.monotonic() < current.renew_not_before:
+        return
+    async with current.swap_lock:
+        assert current.registration is not None and current.handler is not None
+        old = current.registration
         try:
-            await consumer.start()
-        except BaseException:
-            await new.close(settings.drain_timeout_s)  # bounded, never raises
+            renewed, key = await renewal.renew(ca, old, now=dt.datetime.now(dt.UTC))
+        except RenewalInProgress as exc:
+            delay = exc.retry_after_s * _jitter.uniform(1.0, 1.5)
+            current.renew_not_before = time.monotonic() + delay
+            log.info("renewal_postponed", reason="renewal_in_progress", retry_in_s=delay)
+            return
+        except _FATAL_CLOUD:
             raise
-        old_link, old_consumer = current.link, current.consumer
-        current.link, current.consumer, current.received_at = new, consumer, received_at
-        current.handler.exchange = new.exchange  # in-flight requests reply on the new channel
-        log.info(
-            "broker_credentials_rotated",
-            expires_at=new.grant.expires_at.isoformat(),
-            previous_expired_at=old_link.grant.expires_at.isoformat(),
+        except AgentError as exc:
+            log.warning("renewal_failed", error=str(exc), kind=type(exc).__name__)
+            return
+        started = time.perf_counter()
+        current.handler.use_key(renewed.kid, key)
+        current.registration = renewed
+        current.generation += 1
+        await ca.use_identity(renewed.mutual_tls())
+        await _swap_link_locked(ca, settings, current, why="broker_link_renewed")
+    asyncio.get_running_loop().call_later(
+        renewal.KEEP_OLD_KEY_S, current.handler.forget_key, old.kid
+    )
+    log.info(
+        "renewal_done",
+        kid=renewed.kid,
+        switch_ms=round((time.perf_counter() - started) * 1000, 1),
+        old_key_kept_s=renewal.KEEP_OLD_KEY_S,
+    )
+
+
+async def _resume_renewal(ca: CaClient, registration: state.Registration) -> state.Registration:
+    """Finish a renewal a crash interrupted (``renew.key`` without certificate) before
+    anything else: if the CA already switched this agent, only this gets the new
+    certificate. The CA answering ``renewal_in_progress`` proves it did not: the current
+    identity is still good and the renewal waits for the next heartbeat."""
+    attempt = 0
+    while True:
+        try:
+            renewed, _ = await renewal.renew(ca, registration, now=dt.datetime.now(dt.UTC))
+        except (RenewalInProgress, RenewalReplayed):
+            return registration
+        except AgentError as exc:
+            if not is_transient(exc):
+                raise
+            delay = retry_delay(attempt)
+            attempt += 1
+            log.warning("renewal_resume_failed", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            continue
+        await ca.use_identity(renewed.mutual_tls())
+        return renewed
+
+
+async def _expiry_guard(settings: Settings, current: _Current) -> None:
+    """Stop consuming ``expiry_margin_s`` before the certificate expires (if it was not
+    renewed by then), so no request is sent to a key the CA no longer trusts: raises
+    CertificateExpired, which stops the daemon."""
+    while True:
+        assert current.registration is not None
+        not_after = current.registration.not_after
+        delay = renewal.expiry_stop_delay(
+            not_after, now=dt.datetime.now(dt.UTC), margin_s=settings.expiry_margin_s
         )
-        retired = (old_consumer, old_link)
-        current.retiring.append(retired)
-        if old_consumer is not None:
-            await old_consumer.stop(settings.drain_timeout_s)
-        await old_link.close(settings.drain_timeout_s)
-        current.retiring.remove(retired)
+        if delay <= 0:
+            log.error("certificate_expiring_stop", not_after=not_after.isoformat())
+            raise state.CertificateExpired(
+                f"It expires at {not_after.isoformat()} and was not renewed; the agent "
+                "stopped consuming before that."
+            )
+        await asyncio.sleep(min(delay, 60.0))  # a renewal moves the deadline
 
 
 async def _sync_loop(
@@ -380,10 +500,16 @@ async def _sync_loop(
     delay = min(interval_s, FIRST_SYNC_DELAY_S) * _jitter.uniform(0.5, 1.0)
     while True:
         await asyncio.sleep(delay)
+        generation = current.generation
         try:
             report = await sync_once(source, ca)
-        except _FATAL_CLOUD:
-            raise
+        except _FATAL_CLOUD as exc:
+            if current.generation == generation:
+                raise
+            # Sent with the certificate a renewal has just replaced: try again soon.
+            log.info("users_sync_interrupted_by_renewal", error=str(exc))
+            delay = FIRST_SYNC_DELAY_S
+            continue
         except AgentError as exc:
             log.warning("users_sync_failed", error=str(exc), kind=type(exc).__name__)
             current.last_sync = f"failed at {_clock()}: {type(exc).__name__}"

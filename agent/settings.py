@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         le=1000,
         description="Sign-in requests handled at once (the channel's prefetch).",
     )
+    expiry_margin_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="Stop consuming this long before the certificate expires (if not renewed).",
+    )
     drain_timeout_s: float = Field(
         default=10.0,
         ge=0,

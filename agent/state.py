@@ -8,7 +8,19 @@ Layout (docs/architecture.md "Agent state folder"; the folder itself is mode 070
 - ``agent.crt``: the agent's client certificate (PEM);
 - ``pta-ca.pem``: the PTA CA that issued it;
 - ``ca-bundle.pem``: the service TLS CA bundle given at registration, pinned for every
-  later call to the CA and the STS.
+  later call to the CA and the STS;
+- during a certificate renewal only (``agent.renewal``): ``renew.key`` (the new private
+  key, 0600) and then ``renew.crt`` (its new certificate).
+
+Renewal is two-phase so that a crash (SIGKILL) at any point leaves a usable identity:
+the new key is written as ``renew.key`` before the CA is asked, the new certificate as
+``renew.crt`` once it arrives, then ``renew.key`` replaces ``agent.key`` and ``renew.crt``
+replaces ``agent.crt`` (each ``rename`` atomic, the folder fsynced). ``load`` finishes an
+interrupted switch first (``recover_renewal``): a ``renew.crt`` that belongs to
+``renew.key`` (or, after the first rename, to ``agent.key``) is moved into place. A
+``renew.key`` without certificate is kept: the daemon asks the CA again with that key
+(the CA answers a repeated request with the certificate it issued), so a crash after the
+CA switched the agent to the new key is recovered too.
 
 ``load`` checks the folder as a whole (every file present and parseable, the key private
 to its owner and matching the certificate, the certificate's identity matching
@@ -39,7 +51,10 @@ KEY_FILE = "agent.key"
 CERT_FILE = "agent.crt"
 PTA_CA_FILE = "pta-ca.pem"
 CA_BUNDLE_FILE = "ca-bundle.pem"
+PENDING_KEY_FILE = "renew.key"
+PENDING_CERT_FILE = "renew.crt"
 STATE_FILES = (RECORD_FILE, KEY_FILE, CERT_FILE, PTA_CA_FILE, CA_BUNDLE_FILE)
+RENEWAL_FILES = (PENDING_KEY_FILE, PENDING_CERT_FILE)
 
 
 class StateError(AgentError):
@@ -125,9 +140,18 @@ class StateDir:
     def ca_bundle(self) -> Path:
         return self.path / CA_BUNDLE_FILE
 
+    @property
+    def pending_key(self) -> Path:
+        return self.path / PENDING_KEY_FILE
+
+    @property
+    def pending_certificate(self) -> Path:
+        return self.path / PENDING_CERT_FILE
+
     def existing(self) -> list[Path]:
         """The state files present, in layout order."""
-        return [self.path / name for name in STATE_FILES if (self.path / name).exists()]
+        names = (*STATE_FILES, *RENEWAL_FILES)
+        return [self.path / name for name in names if (self.path / name).exists()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +215,7 @@ def load(path: Path) -> Registration:
         raise NotRegistered(f"No {RECORD_FILE} in {path}.") from None
     except OSError as exc:
         raise StateCorrupt(f"Cannot read {folder.record}: {exc.strerror}.") from exc
+    recover_renewal(folder)
     try:
         record = AgentRecord.model_validate_json(raw)
     except ValidationError as exc:
@@ -240,8 +265,9 @@ def save(
     folder = StateDir(path)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if force:
-        with contextlib.suppress(FileNotFoundError):
-            folder.record.unlink()
+        for stale in (folder.record, folder.pending_key, folder.pending_certificate):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
     try:
         pki.write_private_key(folder.key, key, overwrite=force)
     except pki.KeyFileExists as exc:
@@ -261,7 +287,7 @@ def remove(path: Path) -> list[Path]:
     """
     folder = StateDir(path)
     removed = []
-    for name in STATE_FILES:
+    for name in (*STATE_FILES, *RENEWAL_FILES):
         target = folder.path / name
         try:
             target.unlink()
@@ -269,6 +295,65 @@ def remove(path: Path) -> list[Path]:
             continue
         removed.append(target)
     return removed
+
+
+def pending_renewal_key(folder: StateDir) -> rsa.RSAPrivateKey | None:
+    """The key of an unfinished renewal (``renew.key``), or None. Raises StateError."""
+    if not folder.pending_key.exists():
+        return None
+    return _read_key(folder.pending_key)
+
+
+def begin_renewal(folder: StateDir, key: rsa.RSAPrivateKey) -> None:
+    """Phase 1: store the new key as ``renew.key`` (0600, atomic, replacing a stale one)."""
+    with contextlib.suppress(FileNotFoundError):
+        folder.pending_certificate.unlink()
+    pki.write_private_key(folder.pending_key, key, overwrite=True)
+
+
+def store_renewed_certificate(folder: StateDir, certificate: x509.Certificate) -> None:
+    """Phase 2: store the new certificate as ``renew.crt`` (atomic)."""
+    _write_public(folder.pending_certificate, pki.certificate_pem(certificate))
+    _fsync_directory(folder.path)
+
+
+def finish_renewal(folder: StateDir) -> None:
+    """Phase 3: move ``renew.key`` then ``renew.crt`` into place (``recover_renewal``)."""
+    recover_renewal(folder)
+
+
+def recover_renewal(folder: StateDir) -> bool:
+    """Complete or clean up an interrupted renewal; True when the new identity was
+    moved into place. Safe to run at any point and more than once."""
+    if not folder.pending_certificate.exists():
+        return False
+    key_file = folder.pending_key if folder.pending_key.exists() else folder.key
+    try:
+        cert = _read_certificate(folder.pending_certificate)
+        key = _read_key(key_file)
+    except StateCorrupt:
+        belongs = False
+    else:
+        belongs = pki.spki_der(cert.public_key()) == pki.spki_der(key.public_key())
+    if not belongs:  # a stale certificate of an abandoned attempt: the old identity stays
+        with contextlib.suppress(FileNotFoundError):
+            folder.pending_certificate.unlink()
+        return False
+    with contextlib.suppress(FileNotFoundError):  # another process got there first
+        os.replace(folder.pending_key, folder.key)
+    _fsync_directory(folder.path)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(folder.pending_certificate, folder.certificate)
+    _fsync_directory(folder.path)
+    return True
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_key(path: Path) -> rsa.RSAPrivateKey:

@@ -41,6 +41,8 @@ def status_document(
             "not_after": loaded.not_after.isoformat(),
             "expired": loaded.not_after <= now,
             "days_left": (loaded.not_after - now).days,
+            # A renewal a crash interrupted: the daemon finishes it at its next start.
+            "renewal_pending": loaded.dir.pending_key.exists(),
         },
         "cloud": cloud,
         "ok": not problem,
@@ -72,6 +74,9 @@ def print_status(loaded: state.Registration, view: AgentView | None, now: dt.dat
             else "no heartbeat yet"
         )
         rows.append(("cloud", f"{view.status}, {seen}"))
+        renewal = getattr(view, "renewal", None)
+        if isinstance(renewal, str):
+            rows.append(("renewal", renewal.replace("_", " ")))
     else:
         rows.append(("cloud", "unknown (see below)"))
     for name, value in rows:

@@ -94,6 +94,7 @@ class AgentView(msgspec.Struct, frozen=True):
     status: str
     reported_status: str
     status_detail: str
+    renewal: str = "not_due"  # not_due, due, in_progress, expired (ca.renewal.renewal_state)
 
 
 class AgentList(msgspec.Struct, frozen=True):

@@ -11,7 +11,8 @@
   reported status; answers whether to renew (``renew_before_days`` before expiry).
 - ``GET /agents/self`` (mutual TLS) and ``GET /agents`` (bearer admin, the token's tenant
   only): agents as the cloud sees them, ``status`` ``active`` when a heartbeat arrived
-  within two intervals, else ``inactive`` (an agent that never reported is inactive).
+  within two intervals, else ``inactive`` (an agent that never reported is inactive);
+  ``renewal`` is the certificate's renewal state (``ca.renewal.renewal_state``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import secrets
 import structlog
 from aiohttp import web
 
-from ca import queries
+from ca import queries, renewal
 from ca.bodies import (
     AgentList,
     AgentView,
@@ -61,7 +62,14 @@ def should_renew(not_after: dt.datetime, *, now: dt.datetime, renew_before_days:
     return now >= not_after - dt.timedelta(days=renew_before_days)
 
 
-def agent_view(agent: AgentRecord, *, now: dt.datetime, heartbeat_interval_s: int) -> AgentView:
+def agent_view(
+    agent: AgentRecord,
+    *,
+    now: dt.datetime,
+    heartbeat_interval_s: int,
+    renew_before_days: int = 30,
+    renewing: bool = False,
+) -> AgentView:
     return AgentView(
         agent_id=agent.id,
         tenant_id=agent.tenant_id,
@@ -76,6 +84,9 @@ def agent_view(agent: AgentRecord, *, now: dt.datetime, heartbeat_interval_s: in
         status=agent_status(agent, now=now, heartbeat_interval_s=heartbeat_interval_s),
         reported_status=agent.reported_status,
         status_detail=agent.status_detail,
+        renewal=renewal.renewal_state(
+            agent, now=now, renew_before_days=renew_before_days, pending=renewing
+        ),
     )
 
 
@@ -93,6 +104,7 @@ async def bootstrap(request: web.Request) -> web.Response:
         await broker.declare_tenant_queue(agent.tenant_id)
         await broker.put_agent_user(username, access_key, agent.tenant_id)
         await queries.record_bootstrap(conn, agent.id, username, now)
+        await renewal.complete(conn, agent, now)
     expires_at = now + dt.timedelta(seconds=settings.access_key_lifetime_s)
     log.info("agent_bootstrapped", broker_user=username, expires_at=expires_at.isoformat())
     return json_response(
@@ -143,8 +155,15 @@ async def agent_self(request: web.Request) -> web.Response:
     identity = certificate_identity(request, request.app[AUTHORITY], now)
     async with request.app[POOL].acquire() as conn:
         agent = await verified_agent(conn, identity)
+        renewing = agent.id in await queries.unconfirmed_renewals(conn, agent.tenant_id)
     return json_response(
-        agent_view(agent, now=now, heartbeat_interval_s=settings.heartbeat_interval_s)
+        agent_view(
+            agent,
+            now=now,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            renew_before_days=settings.renew_before_days,
+            renewing=renewing,
+        )
     )
 
 
@@ -156,8 +175,15 @@ async def list_agents(request: web.Request) -> web.Response:
     now = request.app[CLOCK]()
     async with request.app[POOL].acquire() as conn:
         agents = await queries.list_agents(conn, admin.tenant_id)
+        renewing = await queries.unconfirmed_renewals(conn, admin.tenant_id)
     views = [
-        agent_view(agent, now=now, heartbeat_interval_s=settings.heartbeat_interval_s)
+        agent_view(
+            agent,
+            now=now,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            renew_before_days=settings.renew_before_days,
+            renewing=agent.id in renewing,
+        )
         for agent in agents
     ]
     return json_response(AgentList(agents=views))

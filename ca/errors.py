@@ -142,3 +142,31 @@ class StsUnavailable(CaError):
 
 class ConfigurationError(CaError):
     """A CA setting is unusable; fix the named setting and restart."""
+
+
+class CertificateExpired(CaError):
+    """The agent certificate expired, so the agent was deleted from its tenant; register
+    the agent again (`pta-agent register --force`)."""
+
+    status = 401
+    code = "certificate_expired"
+
+
+class RenewalInProgress(CaError):
+    """Another agent of this tenant is renewing its certificate; try again after
+    retry_after_s seconds."""
+
+    status = 409
+    code = "renewal_in_progress"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int, detail: str = "") -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after_s = retry_after_s
+
+
+class RenewalReplayed(CaError):
+    """The key of this certificate request was already used by an agent; generate a new
+    key pair and renew again."""
+
+    status = 409
+    code = "renewal_replayed"

@@ -14,7 +14,9 @@ one, never reaches a handler. Here, for mutual-TLS endpoints:
    ``certificate_revoked``), an agent with this tenant and id exists (401
    ``agent_not_found``), and its current serial is this one (401
    ``certificate_superseded``). Revocation is checked first: a deleted agent's
-   certificate is reported as revoked, which is what the agent must be told.
+   certificate is reported as revoked, which is what the agent must be told; a
+   certificate revoked because a renewal replaced it as superseded, and one whose agent
+   was deleted at expiry as ``certificate_expired`` (register again).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ca import queries
 from ca.authority import Authority, serial_hex
 from ca.errors import (
     AgentUnknown,
+    CertificateExpired,
     CertificateRevoked,
     CertificateSuperseded,
     ClientCertificateExpired,
@@ -40,6 +43,10 @@ from common.tls import peer_certificate
 
 PTA_ISSUER = "pta"
 """``revocations.issuer`` of agent certificates."""
+SUPERSEDED = "superseded"
+"""``revocations.reason`` of a certificate replaced by a renewal (ca.renewal)."""
+EXPIRED = "certificate_expired"
+"""``revocations.reason`` of an agent deleted because its certificate expired."""
 
 
 def certificate_identity(
@@ -73,12 +80,17 @@ async def verified_agent(
     """The registered agent this certificate currently speaks for.
 
     ``lock`` keeps the agent row locked until the caller's transaction ends. Raises
-    CertificateRevoked, AgentUnknown, CertificateSuperseded.
+    CertificateRevoked, CertificateExpired, AgentUnknown, CertificateSuperseded.
     """
     serial = serial_hex(identity.serial)
     agent = await queries.get_agent(conn, identity.tenant_id, identity.agent_id, lock=lock)
     # Read after the row lock: a concurrent delete has committed its revocation by now.
-    if await queries.is_revoked(conn, PTA_ISSUER, serial):
+    reason = await queries.revocation_reason(conn, PTA_ISSUER, serial)
+    if reason == SUPERSEDED:
+        raise CertificateSuperseded()
+    if reason == EXPIRED:
+        raise CertificateExpired()
+    if reason is not None:
         raise CertificateRevoked()
     if agent is None:
         raise AgentUnknown()

@@ -386,3 +386,141 @@ async def finish_user_sync(
         tenant_id,
     )
     return len(deleted)
+
+
+# -- certificate renewal and expiry (ca.renewal; tables from 012_renewal.sql) --------------
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """One row of ``agent_renewals``."""
+
+    new_serial: str
+    tenant_id: str
+    agent_id: str
+    old_serial: str
+    old_kid: str
+    new_kid: str
+    new_certificate: str
+    renewed_at: dt.datetime
+    completed_at: dt.datetime | None
+
+
+async def pending_renewal(
+    conn: asyncpg.Connection, tenant_id: str, agent_id: str, old_serial: str
+) -> Renewal | None:
+    """The agent's unconfirmed renewal away from ``old_serial``, if any."""
+    row = await conn.fetchrow(
+        """SELECT new_serial, tenant_id::text AS tenant_id, agent_id::text AS agent_id,
+                  old_serial, old_kid, new_kid, new_certificate, renewed_at, completed_at
+           FROM agent_renewals
+           WHERE tenant_id = $1 AND agent_id = $2 AND old_serial = $3
+             AND completed_at IS NULL""",
+        tenant_id,
+        agent_id,
+        old_serial,
+    )
+    return Renewal(**dict(row)) if row is not None else None
+
+
+async def unconfirmed_renewals(conn: asyncpg.Connection, tenant_id: str) -> set[str]:
+    """Ids of the tenant's agents with a renewal not yet confirmed by a bootstrap."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT agent_id::text AS agent_id FROM agent_renewals
+           WHERE tenant_id = $1 AND completed_at IS NULL""",
+        tenant_id,
+    )
+    return {row["agent_id"] for row in rows}
+
+
+async def key_was_used(conn: asyncpg.Connection, kid: str) -> bool:
+    """True when ``kid`` is or was the key of any agent (current, or renewed away from)."""
+    value = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM agents WHERE kid = $1)
+               OR EXISTS (SELECT 1 FROM agent_renewals WHERE old_kid = $1 OR new_kid = $1)""",
+        kid,
+    )
+    return bool(value)
+
+
+async def replace_agent_key(
+    conn: asyncpg.Connection,
+    agent_id: str,
+    *,
+    spki: bytes,
+    kid: str,
+    cert_serial: str,
+    cert_not_after: dt.datetime,
+) -> None:
+    """The agent's new key and certificate. The ``agents`` update trigger (005) notifies
+    ``pta_agents`` on commit, so every STS replica reloads the tenant's keys."""
+    await conn.execute(
+        """UPDATE agents SET spki = $2, kid = $3, cert_serial = $4, cert_not_after = $5
+           WHERE id = $1""",
+        agent_id,
+        spki,
+        kid,
+        cert_serial,
+        cert_not_after,
+    )
+
+
+async def insert_renewal(conn: asyncpg.Connection, renewal: Renewal) -> None:
+    await conn.execute(
+        """INSERT INTO agent_renewals (new_serial, tenant_id, agent_id, old_serial, old_kid,
+                                       new_kid, new_certificate, renewed_at, completed_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+        renewal.new_serial,
+        renewal.tenant_id,
+        renewal.agent_id,
+        renewal.old_serial,
+        renewal.old_kid,
+        renewal.new_kid,
+        renewal.new_certificate,
+        renewal.renewed_at,
+        renewal.completed_at,
+    )
+
+
+async def complete_renewal(
+    conn: asyncpg.Connection, agent_id: str, new_serial: str, now: dt.datetime
+) -> bool:
+    """Mark the renewal to ``new_serial`` confirmed; True the first time only."""
+    status = await conn.execute(
+        """UPDATE agent_renewals SET completed_at = $3
+           WHERE agent_id = $1 AND new_serial = $2 AND completed_at IS NULL""",
+        agent_id,
+        new_serial,
+        now,
+    )
+    return bool(status == "UPDATE 1")
+
+
+async def revocation_reason(conn: asyncpg.Connection, issuer: str, serial: str) -> str | None:
+    """The reason ``serial`` was revoked, or None when it is not revoked."""
+    value = await conn.fetchval(
+        "SELECT reason FROM revocations WHERE issuer = $1 AND serial = $2", issuer, serial
+    )
+    return str(value) if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredAgent:
+    id: str
+    tenant_id: str
+    cert_serial: str
+    cert_not_after: dt.datetime
+
+
+async def lock_expired_agents(
+    conn: asyncpg.Connection, now: dt.datetime, limit: int
+) -> list[ExpiredAgent]:
+    """Agents whose certificate expired by ``now``, locked (others' locked rows skipped)."""
+    rows = await conn.fetch(
+        """SELECT id::text AS id, tenant_id::text AS tenant_id, cert_serial, cert_not_after
+           FROM agents WHERE cert_not_after <= $1
+           ORDER BY cert_not_after LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        now,
+        limit,
+    )
+    return [ExpiredAgent(**dict(row)) for row in rows]

@@ -86,6 +86,14 @@ class Settings(BaseSettings):
         default=MAX_AGENTS_PER_TENANT, ge=1, le=MAX_AGENTS_PER_TENANT
     )
     renew_before_days: int = Field(default=30, ge=0)
+    # Certificate renewal (ca.renewal): one agent of a tenant at a time, under a lease
+    # that frees itself after renewal_lease_s if the agent never confirms (by its first
+    # bootstrap with the new certificate); agents whose
+    # certificate expired are deleted every expiry_sweep_interval_s (0: never).
+    renewal_lease_s: int = Field(default=300, ge=1, le=3600)
+    # retry_after_s told to the others: at most this, as a renewal usually ends in seconds.
+    renewal_retry_after_s: int = Field(default=15, ge=1, le=3600)
+    expiry_sweep_interval_s: float = Field(default=300.0, ge=0)
     crl_cache_s: float = Field(default=30.0, ge=0)
     crl_next_update_hours: int = Field(default=24, ge=1)
 

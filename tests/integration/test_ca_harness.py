@@ -219,6 +219,8 @@ def ca_settings(stack: Stack, files: dict[str, Path], **overrides: Any) -> Setti
         "amqp_admin_password": stack.demo.rabbitmq_admin_password,
         "agent_amqp_url": stack.rabbitmq.public_amqp_url,
         "crl_cache_s": 30,
+        # Tests move this CA's clock; a sweep then would delete the shared stack's agents.
+        "expiry_sweep_interval_s": 0,
         **overrides,
     }
     return Settings(**values)

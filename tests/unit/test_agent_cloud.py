@@ -30,6 +30,9 @@ def _answer(status: int, body: object) -> Response:
         ("certificate_superseded", 401, cloud.CertificateSuperseded),
         ("agent_not_found", 404, cloud.AgentNotFound),
         ("broker_unavailable", 503, cloud.BrokerUnavailable),
+        ("certificate_expired", 401, cloud.CertificateExpired),
+        ("renewal_in_progress", 409, cloud.RenewalInProgress),
+        ("renewal_replayed", 409, cloud.RenewalReplayed),
     ],
 )
 def test_ca_error_codes_become_typed_errors_with_the_cas_message(

@@ -88,6 +88,8 @@ CONTRACT = {
     errors.AgentNotFound: (404, "agent_not_found"),
     errors.AgentUnknown: (401, "agent_not_found"),
     errors.BrokerUnavailable: (503, "broker_unavailable"),
+    errors.CertificateExpired: (401, "certificate_expired"),
+    errors.RenewalReplayed: (409, "renewal_replayed"),
 }
 
 
