@@ -156,11 +156,15 @@ class LockoutPolicy:
             return state  # not counted: a locked user is never sent to an agent
         if state.last_failure_at is not None and now - state.last_failure_at > self.forget_after_s:
             state = LockoutState()
-        if fingerprint is not None and fingerprint in state.recent_failures:
-            return state  # the same wrong password again (Entra does not count repeats)
+        # Every failure that reached the directory counts, a repeated password too: the
+        # directory counted that bind, so a cloud that skipped it would fall behind and
+        # let the directory lock the user first. Repeats are kept from the directory
+        # instead, answered from memory within the window (`is_repeat`), and those count
+        # nothing. The fingerprint moves to the front, so the newest stay remembered.
         recent = state.recent_failures
         if fingerprint is not None:
-            recent = (fingerprint, *recent)[: self.remembered_passwords]
+            rest = (known for known in recent if known != fingerprint)
+            recent = (fingerprint, *rest)[: self.remembered_passwords]
         failures = state.failures + 1
         if failures >= self.threshold or state.lockouts > 0:
             lockouts = state.lockouts + 1

@@ -64,14 +64,39 @@ def test_failures_are_forgotten_after_a_quiet_day() -> None:
     assert state.failures == 1 and not POLICY.is_locked(state, later)
 
 
-def test_the_same_wrong_password_counts_once() -> None:
+def test_a_wrong_password_that_reached_the_directory_always_counts() -> None:
+    # A repeat is kept from the directory by `is_repeat`; one that reached it anyway (after
+    # the window, or two sent at once) was counted there, so it counts here too.
     a, b = b"a" * 32, b"b" * 32
-    state = fail(LockoutState(), 0.0, 5, fp=a)
+    state = fail(LockoutState(), 0.0, fp=a)
     assert state.failures == 1 and state.recent_failures == (a,)
     state = fail(state, 1.0, fp=b)
     assert state.failures == 2 and state.recent_failures == (b, a)
     state = fail(state, 2.0, fp=a)
-    assert state.failures == 2  # a repeat, not counted
+    assert state.lockouts == 1 and state.recent_failures == (a, b)  # the third: locked
+
+
+def test_a_repeat_sent_after_the_window_counts_and_reopens_the_window() -> None:
+    policy = LockoutPolicy(threshold=10, repeat_window_s=900)
+    state = policy.after_failure(LockoutState(), 1000.0, b"fp-1")
+    later = 1000.0 + 901
+    assert not policy.is_repeat(state, b"fp-1", later)  # sent to the directory again ...
+    state = policy.after_failure(state, later, b"fp-1")
+    assert state.failures == 2  # ... so counted, as the directory counted it
+    assert policy.is_repeat(state, b"fp-1", later + 1)  # and answered from memory again
+
+
+def test_an_old_wrong_password_sent_without_end_still_locks_the_user() -> None:
+    # The review's attack: fail once with P, wait out the window, then send P forever.
+    policy = LockoutPolicy(threshold=4, duration_s=60, repeat_window_s=900)
+    state, now = LockoutState(), 0.0
+    sent = 0
+    while state.lockouts == 0 and sent < 100:
+        if not policy.is_repeat(state, b"P", now):
+            state = policy.after_failure(state, now, b"P")
+            sent += 1
+        now += 901
+    assert state.lockouts == 1 and sent == 4  # the cloud locked at the threshold
 
 
 def test_only_the_last_three_fingerprints_are_kept() -> None:
