@@ -223,6 +223,38 @@ async def test_smart_lockout_after_threshold_failures_contacts_no_agent(world: W
     await world.sql("DELETE FROM lockouts WHERE tenant_id = $1", uuid.UUID(t.id))
 
 
+async def test_a_remembered_wrong_password_that_reaches_the_directory_counts(
+    world: World,
+) -> None:
+    # With the repeat window off, every repeat goes to the agents and the directory counts
+    # each bind: so must the cloud, or the directory locks the user first (review, H1).
+    t = await world.new_tenant(agents=1, users={"ida": ("Pw-1", Status.SUCCESS)})
+    username = t.username("ida")
+    async with (
+        consuming(world.stack, t),
+        signin_sts(
+            world.stack,
+            world.folder,
+            world.dsn,
+            instance_id="sts-repeat",
+            lockout_secret="r" * 32,
+            lockout_repeat_window_s=0,
+            lockout_threshold=10,
+        ) as sts,
+    ):
+        published = sts.dispatcher.counters["published"]
+        for _ in range(3):
+            _, body = await sts.sign_in(t, username, "Old-password")
+            assert code_of(body) == 50126
+        assert sts.dispatcher.counters["published"] - published == 3  # all reached an agent
+    (row,) = await world.sql(
+        "SELECT failures FROM lockouts WHERE tenant_id = $1 AND username = $2",
+        uuid.UUID(t.id),
+        username,
+    )
+    assert row["failures"] == 3
+
+
 # --------------------------------------------------------------------------- agents missing
 
 
