@@ -30,8 +30,9 @@ Fatal, so ``run`` raises them and the process exits 1: a broken state folder, ba
 directory settings (``SettingsInvalid``, ``DirectoryMisconfigured``,
 ``ServiceAccountRefused``), the cloud no longer accepting the agent (revoked, superseded,
 unknown, client certificate refused), an untrusted server, a bootstrap answer for another
-agent or tenant. Everything else is logged and retried; a failed sync only waits for the
-next one.
+agent or tenant, a plain ``amqp://`` broker URL to a host that is not a loopback address
+without ``PTA_AGENT_ALLOW_PLAINTEXT_AMQP`` (``broker.PlaintextBrokerRefused``). Everything
+else is logged and retried; a failed sync only waits for the next one.
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ async def _run_connected(
         private_key=registration.private_key(),
         directory=directory,
         exchange=_NotConnected(),
+        publisher="",  # no request is handled before a grant names the STS's broker user
     )
     current.handler = handler
     try:
@@ -286,6 +288,7 @@ async def _serve(
     link = await _connect(ca, registration, settings)
     current.link = link
     current.handler.exchange = link.exchange
+    current.handler.publisher = link.grant.publisher
     consumer = _Consumer(link, current.handler)
     current.consumer = consumer
     await consumer.start()
@@ -323,6 +326,7 @@ async def _connect(
                 prefetch=settings.prefetch,
                 timeout_s=settings.http_timeout_s,
                 name=f"pta-agent {registration.record.agent_id}",
+                allow_plaintext=settings.allow_plaintext_amqp,
             )
         except AgentError as exc:
             if not (is_transient(exc) or isinstance(exc, _RETRYABLE)):
@@ -356,6 +360,7 @@ async def _refresh(
         old_link, old_consumer = current.link, current.consumer
         current.link, current.consumer, current.received_at = new, consumer, received_at
         current.handler.exchange = new.exchange  # in-flight requests reply on the new channel
+        current.handler.publisher = new.grant.publisher
         log.info(
             "broker_credentials_rotated",
             expires_at=new.grant.expires_at.isoformat(),
