@@ -7,6 +7,12 @@ with passive declares (``get_queue``/``get_exchange`` with ``ensure=True``): age
 not configure anything (permission ``^$``), so both are the cloud's to declare.
 ``BrokerLink.close`` closes channel and connection within a timeout.
 
+Transport: ``amqps://`` is verified with the CA bundle pinned at registration (the
+caller's ``ssl_context``). A plain ``amqp://`` URL is refused (``PlaintextBrokerRefused``,
+fatal) unless its host is a loopback address or the operator set
+``PTA_AGENT_ALLOW_PLAINTEXT_AMQP``: the CA's answer alone must not make the agent send its
+access key and the sealed requests' metadata across a network in the clear.
+
 The connection is ``aio_pika.connect_robust``: after a broker restart or a network cut it
 reconnects by itself and restores the channel; the runner replaces the whole link when it
 bootstraps again for a new access key. Reconnects and losses are logged from here.
@@ -19,6 +25,7 @@ access key; it is never logged (aio-pika censors it too).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -71,6 +78,37 @@ class QueueUnavailable(BrokerError):
     """The tenant's queue or the reply exchange does not exist, or this agent may not use
     it: tell the operator of the cloud service (the cloud declares both and the CA grants
     access at bootstrap)."""
+
+
+class PlaintextBrokerRefused(BrokerError):
+    """The CA handed out a plain amqp:// broker URL for a host that is not a loopback
+    address: ask the operator of the cloud service for amqps://, or, only if the network
+    to the broker is trusted, set PTA_AGENT_ALLOW_PLAINTEXT_AMQP=true."""
+
+
+def check_transport(grant: BrokerGrant, *, allow_plaintext: bool) -> None:
+    """Refuse a broker URL that would send credentials in the clear off this host.
+
+    ``amqps://`` passes; ``amqp://`` passes only to a loopback address (an IP literal, or
+    ``localhost``: no DNS lookup decides this) or with ``allow_plaintext``. Raises
+    PlaintextBrokerRefused (any other scheme is refused too).
+    """
+    base = URL(grant.amqp_url)
+    if base.scheme == "amqps" or (allow_plaintext and base.scheme == "amqp"):
+        return
+    host = (base.raw_host or "").strip("[]")
+    if base.scheme == "amqp" and _is_loopback(host):
+        return
+    raise PlaintextBrokerRefused(f"(got {_where(grant)})")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(slots=True)
@@ -127,13 +165,16 @@ async def open_link(
     prefetch: int,
     timeout_s: float,
     name: str,
+    allow_plaintext: bool = False,
 ) -> BrokerLink:
     """Connect with ``grant``, open a channel, check the tenant queue and reply exchange.
 
     ``ssl_context`` is used for ``amqps://`` URLs (the pinned bundle); ``name`` labels
-    the connection in the broker's management UI. Raises BrokerUnreachable,
-    BrokerCredentialsRefused, QueueUnavailable.
+    the connection in the broker's management UI; ``allow_plaintext`` is the operator's
+    ``PTA_AGENT_ALLOW_PLAINTEXT_AMQP``. Raises PlaintextBrokerRefused (before any
+    connection), BrokerUnreachable, BrokerCredentialsRefused, QueueUnavailable.
     """
+    check_transport(grant, allow_plaintext=allow_plaintext)
     url = broker_url(grant)
     secret = grant.access_key.get_secret_value()
     kwargs: dict[str, Any] = {"client_properties": {"connection_name": name}}
@@ -190,7 +231,8 @@ async def _close_quietly(connection: AbstractRobustConnection) -> None:
 def _where(grant: BrokerGrant) -> str:
     """Host and port of the broker, without credentials."""
     base = URL(grant.amqp_url)
-    return f"{base.scheme}://{base.host}:{base.port}"
+    port = f":{base.port}" if base.port is not None else ""
+    return f"{base.scheme}://{base.host}{port}"
 
 
 def _reason(exc: BaseException, secret: str = "") -> str:

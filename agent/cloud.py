@@ -201,6 +201,8 @@ class BrokerGrant(BaseModel):
     access_key: SecretStr  # never in a repr or a log
     queue: str
     reply_exchange: str
+    # The STS's broker user: the only publisher whose requests the agent handles.
+    publisher: str = Field(min_length=1)
     expires_at: AwareDatetime
     agent_id: str
     tenant_id: str

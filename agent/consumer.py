@@ -3,6 +3,13 @@
 For each AMQP message (aio-pika calls the handler once per delivery, concurrently up to
 the channel's prefetch, which the runner sets):
 
+0. drop (reject, no reply) a message whose AMQP ``user_id`` is not ``publisher``, the
+   STS's broker user named in the bootstrap answer: RabbitMQ checks ``user_id`` against
+   the publishing connection's user, and only the STS's user may publish to the tenant
+   queue *and* name itself, so a request envelope copied and published again by any
+   other broker user (the administrator, a tool) reaches no directory
+   (``request_not_from_sts``). Replay caches are per process: without this check each
+   agent of the tenant would validate such a copy once (docs/architecture.md, "Broker");
 1. decode it with ``common.wire``; an undecodable body is rejected without requeue (the
    broker dead-letters it where the queue has a dead-letter exchange) and counted; if it
    still names a request id (``correlation_id`` or ``message_id``) and a ``reply_to``, the
@@ -34,8 +41,8 @@ the deadline; the handler itself never raises except ``CancelledError``.
 Logging: ``correlation_id`` (the request id), ``agent_id`` and ``tenant_id`` are bound per
 message; one summary line ``password_validated`` (status, detail, elapsed_ms, username)
 per replied request; drops log ``request_expired``, ``request_replayed``,
-``request_redelivered``, ``request_undecodable``. The password, reply key and content key
-are never logged.
+``request_redelivered``, ``request_undecodable``, ``request_not_from_sts``. The password,
+reply key and content key are never logged.
 
 Wiring (``agent.runner``), once per process, the directory opened before consuming::
 
@@ -86,6 +93,7 @@ from common.wire import (
     WireError,
     correlation_of,
     decode_request,
+    publisher_of,
     reply_message,
     trace_of,
 )
@@ -120,13 +128,16 @@ class SignInHandler:
         private_key: RSAPrivateKey,
         directory: Directory,
         exchange: ReplyPublisher,
+        publisher: str,
         clock: Callable[[], float] = time.time,
         replay: ReplayCache | None = None,
         publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S,
         drop_redelivered: bool = True,
     ) -> None:
         """``clock`` is Unix time (tests pass a fake); ``kid`` is ``envelope.kid_for`` of
-        the private key's public half. Raises ``ValueError`` for ids the wire refuses."""
+        the private key's public half; ``publisher`` is the STS's broker user (the
+        runner updates it from each bootstrap answer; empty: every request is dropped).
+        Raises ``ValueError`` for ids the wire refuses."""
         if not (UUID_RE.match(agent_id) and UUID_RE.match(tenant_id)):
             raise ValueError("agent_id and tenant_id must be canonical lowercase UUIDs")
         if not _KID_RE.match(kid):
@@ -139,6 +150,7 @@ class SignInHandler:
         self._keys: dict[str, RSAPrivateKey] = {kid: private_key}
         self.directory = directory
         self.exchange = exchange
+        self.publisher = publisher
         self.clock = clock
         self.replay = replay if replay is not None else ReplayCache()
         self.publish_timeout_s = publish_timeout_s
@@ -171,6 +183,16 @@ class SignInHandler:
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         """Handle one delivery and settle it; never raises except ``CancelledError``."""
         started = time.perf_counter()
+        publisher = publisher_of(message)
+        if not self.publisher or publisher != self.publisher:
+            # Not the STS: no reply (the publisher is no STS waiting for one), no decode.
+            self.counts["not_from_sts"] += 1
+            with structlog.contextvars.bound_contextvars(
+                agent_id=self.agent_id, tenant_id=self.tenant_id
+            ):
+                log.warning("request_not_from_sts", publisher=publisher, expected=self.publisher)
+            await self._settle(message, ack=False)
+            return
         try:
             envelope = decode_request(message.body)
         except WireError as exc:

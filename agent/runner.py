@@ -33,8 +33,9 @@ Fatal, so ``run`` raises them and the process exits 1: a broken state folder, ba
 directory settings (``SettingsInvalid``, ``DirectoryMisconfigured``,
 ``ServiceAccountRefused``), the cloud no longer accepting the agent (revoked, superseded,
 unknown, client certificate refused), an untrusted server, a bootstrap answer for another
-agent or tenant. Everything else is logged and retried; a failed sync only waits for the
-next one.
+agent or tenant, a plain ``amqp://`` broker URL to a host that is not a loopback address
+without ``PTA_AGENT_ALLOW_PLAINTEXT_AMQP`` (``broker.PlaintextBrokerRefused``). Everything
+else is logged and retried; a failed sync only waits for the next one.
 """
 
 from __future__ import annotations
@@ -243,6 +244,7 @@ async def _run_connected(
         private_key=registration.private_key(),
         directory=directory,
         exchange=_NotConnected(),
+        publisher="",  # no request is handled before a grant names the STS's broker user
     )
     current.handler = handler
     try:
@@ -304,6 +306,7 @@ async def _serve(ca: CaClient, settings: Settings, current: _Current) -> None:
     link = await _connect(ca, registration, settings)
     current.link = link
     current.handler.exchange = link.exchange
+    current.handler.publisher = link.grant.publisher
     consumer = _Consumer(link, current.handler)
     current.consumer = consumer
     await consumer.start()
@@ -343,6 +346,7 @@ async def _connect(
                 prefetch=settings.prefetch,
                 timeout_s=settings.http_timeout_s,
                 name=f"pta-agent {registration.record.agent_id}",
+                allow_plaintext=settings.allow_plaintext_amqp,
             )
         except AgentError as exc:
             if not (is_transient(exc) or isinstance(exc, _RETRYABLE)):
@@ -389,6 +393,7 @@ async def _swap_link_locked(
     old_link, old_consumer = current.link, current.consumer
     current.link, current.consumer, current.received_at = new, consumer, received_at
     current.handler.exchange = new.exchange  # in-flight requests reply on the new channel
+    current.handler.publisher = new.grant.publisher
     log.info(
         why,
         expires_at=new.grant.expires_at.isoformat(),

@@ -122,6 +122,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Total time one HTTPS call to the CA or STS may take.",
     )
+    allow_plaintext_amqp: bool = Field(
+        default=False,
+        description=(
+            "Accept a plain amqp:// broker URL from the CA for a host that is not a "
+            "loopback address (the access key and every request would cross the network "
+            "unencrypted). Off: only amqps://, or amqp:// to a loopback address."
+        ),
+    )
 
     # --- the directory (see the module docstring) ---------------------------------------
     ldap_url: str | None = None

@@ -9,8 +9,9 @@ How it is measured:
 3. this process (moved off that core while the step runs) is the publisher: it builds
    real envelopes with ``envelope.seal`` for all the tenant's agents' keys (read from
    their ``agent.crt``), as the STS does, for bulk users with their right password, and
-   publishes them straight to ``pta.tenant.<id>`` with ``reply_to`` a private exclusive
-   queue bound to ``pta.replies``; it keeps ``window`` requests outstanding;
+   publishes them straight to ``pta.tenant.<id>`` in the tenant's vhost as the STS's broker
+   user (agents handle requests from no other publisher), with ``reply_to`` a private
+   exclusive queue bound to ``pta.replies``; it keeps ``window`` requests outstanding;
 4. after the agent's first reply and a warm-up, replies are counted for ``seconds``:
    ``validations_per_s`` = MAC-verified ``success`` replies per second; the agent's CPU
    use over the window (psutil) says whether it saturated its core.
@@ -33,11 +34,12 @@ import aio_pika.abc
 import psutil
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from yarl import URL
 
 from bench import stats
 from bench.stackctl import Supervisorctl, wait_consumers
 from bench.target import StackTarget, TenantInfo
-from common.contracts import REPLY_EXCHANGE, tenant_queue
+from common.contracts import REPLY_EXCHANGE, tenant_queue, tenant_vhost, vhost_url
 from common.envelope import kid_for, new_reply_key, seal, verify_reply
 from common.wire import Status, WireError, decode_reply, request_message
 
@@ -134,7 +136,7 @@ async def agent_alone(
     agent: asyncio.subprocess.Process | None = None
     ctl.stop(names)
     try:
-        await wait_consumers(target, queue_name, 0, timeout_s=30)
+        await wait_consumers(target, tenant.id, 0, timeout_s=30)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             agent = await asyncio.create_subprocess_exec(
@@ -172,7 +174,7 @@ async def agent_alone(
                 await agent.wait()
         ctl.start(was_running)
         if was_running:
-            await wait_consumers(target, queue_name, len(was_running), timeout_s=60)
+            await wait_consumers(target, tenant.id, len(was_running), timeout_s=60)
 
 
 async def _measure(
@@ -187,10 +189,15 @@ async def _measure(
     window: int,
     log_path: Path,
 ) -> dict[str, Any]:
-    connection = await aio_pika.connect(target.amqp_url, timeout=10)
+    sts_url = vhost_url(target.amqp_sts_url, tenant_vhost(tenant.id))
+    connection = await aio_pika.connect(sts_url, timeout=10)
+    publisher = URL(sts_url).user or ""
     async with connection:
         channel = await connection.channel(publisher_confirms=False)
-        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        # A name the STS's user may declare (ca.broker_admin.sts_permissions).
+        replies = await channel.declare_queue(
+            f"sts.bench.{uuid.uuid4().hex[:12]}", exclusive=True, auto_delete=True
+        )
         exchange = await channel.get_exchange(REPLY_EXCHANGE)
         await replies.bind(exchange, routing_key=replies.name)
         state = _Window(window)
@@ -220,6 +227,7 @@ async def _measure(
                 reply_to=replies.name,
                 correlation_id=request_id,
                 expiration_s=DEADLINE_S,
+                publisher=publisher,
             )
             state.pending[request_id] = (reply_key, time.monotonic())
             await channel.default_exchange.publish(message, routing_key=queue_name)

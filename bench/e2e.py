@@ -63,7 +63,6 @@ async def end_to_end(
     all_agents = target.agents_of(tenant.id)
     if len(all_agents) < agents:
         raise E2eError(f"tenant {tenant.domain} has {len(all_agents)} agents, not {agents}")
-    queue = f"pta.tenant.{tenant.id}"
     ctl = Supervisorctl(target.state_dir)
     states = ctl.states()
     keep = [a.name for a in all_agents[:agents]]
@@ -71,7 +70,7 @@ async def end_to_end(
     ctl.start([n for n in keep if states.get(n) != "RUNNING"])
     ctl.stop(extra)
     try:
-        await wait_consumers(target, queue, agents, timeout_s=60)
+        await wait_consumers(target, tenant.id, agents, timeout_s=60)
         steps = []
         best: dict[str, Any] | None = None
         for concurrency in ladder:
@@ -107,7 +106,7 @@ async def end_to_end(
     finally:
         ctl.start(extra)
         if extra:
-            await wait_consumers(target, queue, agents + len(extra), timeout_s=60)
+            await wait_consumers(target, tenant.id, agents + len(extra), timeout_s=60)
     unloaded = steps[0]["latency_ms"] if steps[0]["concurrency"] == 1 else None
     return {
         "agents": agents,

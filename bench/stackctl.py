@@ -23,7 +23,7 @@ from urllib.parse import quote
 import aiohttp
 
 from bench.target import StackTarget, require_loopback
-from common.contracts import VHOST
+from common.contracts import tenant_queue, tenant_vhost
 
 __all__ = ["ProgramSpec", "StackControlError", "Supervisorctl", "queue_consumers", "wait_consumers"]
 
@@ -103,10 +103,11 @@ def _auth_header(target: StackTarget) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-async def queue_consumers(target: StackTarget, queue: str) -> int:
-    """Consumers of ``queue`` in the stack's vhost, from the management API."""
+async def queue_consumers(target: StackTarget, tenant_id: str) -> int:
+    """Consumers of the tenant's queue (in its own vhost), from the management API."""
     base = require_loopback(target.amqp_management_url, "amqp_management_url")
-    url = f"{base}/api/queues/{quote(VHOST, safe='')}/{quote(queue, safe='')}"
+    vhost, queue = quote(tenant_vhost(tenant_id), safe=""), quote(tenant_queue(tenant_id), safe="")
+    url = f"{base}/api/queues/{vhost}/{queue}"
     async with aiohttp.ClientSession(headers=_auth_header(target)) as http:
         async with asyncio.timeout(5):
             async with http.get(url) as response:
@@ -117,9 +118,10 @@ async def queue_consumers(target: StackTarget, queue: str) -> int:
 
 
 async def wait_consumers(
-    target: StackTarget, queue: str, count: int, *, timeout_s: float = 60.0
+    target: StackTarget, tenant_id: str, count: int, *, timeout_s: float = 60.0
 ) -> float:
-    """Wait until ``queue`` has exactly ``count`` consumers; returns the seconds it took.
+    """Wait until the tenant's queue has exactly ``count`` consumers; returns the seconds
+    it took.
 
     The management API refreshes its statistics every few seconds, so this polls. Raises
     ``StackControlError`` after ``timeout_s``.
@@ -127,11 +129,11 @@ async def wait_consumers(
     t0 = time.monotonic()
     seen = -1
     while time.monotonic() - t0 < timeout_s:
-        seen = await queue_consumers(target, queue)
+        seen = await queue_consumers(target, tenant_id)
         if seen == count:
             return time.monotonic() - t0
         await asyncio.sleep(0.5)
     raise StackControlError(
-        f"{queue} has {seen} consumers, not {count}, after {timeout_s:.0f} s: "
+        f"{tenant_queue(tenant_id)} has {seen} consumers, not {count}, after {timeout_s:.0f} s: "
         "see the agents' logs in the stack's logs folder"
     )

@@ -125,6 +125,7 @@ class StackTarget:
     ca_bundle: Path
     ldap_url: str
     amqp_url: str
+    amqp_sts_url: str  # the STS's broker user: the only publisher agents accept
     amqp_management_url: str
     amqp_admin: tuple[str, str]
     tenants: tuple[TenantInfo, ...]
@@ -164,6 +165,7 @@ def load_stack(path: Path) -> StackTarget:
             ca_bundle=Path(doc["ca_bundle"]),
             ldap_url=require_loopback(servers["ldap_url"], "ldap_url"),
             amqp_url=require_loopback(servers["amqp_url"], "amqp_url"),
+            amqp_sts_url=require_loopback(servers["amqp_sts_url"], "amqp_sts_url"),
             amqp_management_url=require_loopback(
                 servers["amqp_management_url"], "amqp_management_url"
             ),

@@ -140,6 +140,7 @@ def _outbound(
                 password=settings.amqp_admin_password.get_secret_value(),
                 session=session,
                 timeout_s=settings.outbound_timeout_s,
+                sts_user=settings.sts_broker_user,
             )
             source = key_source
             if source is None:

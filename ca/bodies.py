@@ -67,6 +67,7 @@ class BootstrapAnswer(msgspec.Struct, frozen=True):
     access_key: str
     queue: str
     reply_exchange: str
+    publisher: str
     expires_at: dt.datetime
     agent_id: str
     tenant_id: str

@@ -2,11 +2,14 @@
 
 - ``POST /agents/bootstrap`` (mutual TLS, DESIGN.md flow 2): a fresh random access key
   (32 bytes, URL-safe base64) for the agent's broker user, created or rotated with
-  permissions on its own tenant only (``ca.broker_admin``); the previous key stops working
-  for new connections at once. The agent row stays locked while the broker user changes,
-  so a concurrent ``DELETE /agents/{id}`` cannot leave a user behind. ``expires_at`` tells
-  the agent when to bootstrap again; RabbitMQ's internal users cannot expire by
-  themselves, so the date is a contract with the agent, not enforced by the broker.
+  permissions in its own tenant's vhost only (``ca.broker_admin``, which also makes sure
+  the vhost, exchange and queue exist); the previous key stops working for new
+  connections at once. ``publisher`` names the STS's broker user: the only publisher
+  whose requests the agent handles (RabbitMQ checks a message's ``user_id``). The agent
+  row stays locked while the broker user changes, so a concurrent ``DELETE /agents/{id}``
+  cannot leave a user behind. ``expires_at`` tells the agent when to bootstrap again;
+  RabbitMQ's internal users cannot expire by themselves, so the date is a contract with
+  the agent, not enforced by the broker.
 - ``POST /agents/heartbeat`` (mutual TLS, DESIGN.md flow 4): records the time, version and
   reported status; answers whether to renew (``renew_before_days`` before expiry).
 - ``GET /agents/self`` (mutual TLS) and ``GET /agents`` (bearer admin, the token's tenant
@@ -37,7 +40,7 @@ from ca.bodies import (
 from ca.mtls import certificate_identity, verified_agent
 from ca.queries import AgentRecord
 from ca.resources import AUTHORITY, BROKER, CLOCK, POOL, SETTINGS, VERIFIER
-from common.contracts import REPLY_EXCHANGE, VHOST, agent_broker_user, tenant_queue
+from common.contracts import REPLY_EXCHANGE, agent_broker_user, tenant_queue, tenant_vhost
 
 log = structlog.get_logger("ca.bootstrap")
 
@@ -101,7 +104,7 @@ async def bootstrap(request: web.Request) -> web.Response:
     access_key = new_access_key()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         agent = await verified_agent(conn, identity, lock=True)
-        await broker.declare_tenant_queue(agent.tenant_id)
+        await broker.ensure_tenant(agent.tenant_id)
         await broker.put_agent_user(username, access_key, agent.tenant_id)
         await queries.record_bootstrap(conn, agent.id, username, now)
         await renewal.complete(conn, agent, now)
@@ -110,11 +113,12 @@ async def bootstrap(request: web.Request) -> web.Response:
     return json_response(
         BootstrapAnswer(
             amqp_url=settings.agent_amqp_url,
-            vhost=VHOST,
+            vhost=tenant_vhost(agent.tenant_id),
             username=username,
             access_key=access_key,
             queue=tenant_queue(agent.tenant_id),
             reply_exchange=REPLY_EXCHANGE,
+            publisher=settings.sts_broker_user,
             expires_at=expires_at,
             agent_id=agent.id,
             tenant_id=agent.tenant_id,

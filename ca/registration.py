@@ -66,7 +66,7 @@ async def register(request: web.Request) -> web.Response:
             )
         # Under the tenant lock, so a refused registration touches nothing; the call has
         # a timeout, and the lock only holds back this tenant's other registrations.
-        await request.app[BROKER].declare_tenant_queue(admin.tenant_id)
+        await request.app[BROKER].ensure_tenant(admin.tenant_id)
         try:
             await queries.insert_agent(
                 conn,

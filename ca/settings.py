@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, FilePath, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.contracts import MAX_AGENTS_PER_TENANT
+from common.contracts import DEFAULT_STS_BROKER_USER, MAX_AGENTS_PER_TENANT
 
 
 def _url(*schemes: str, credentials: bool = True) -> AfterValidator:
@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     amqp_admin_user: str = Field(min_length=1)
     amqp_admin_password: SecretStr
     agent_amqp_url: AmqpUrl
+    # The STS's broker user: granted its permissions in each tenant vhost the CA creates,
+    # and named to agents as the only publisher of requests (bootstrap ``publisher``).
+    sts_broker_user: str = Field(default=DEFAULT_STS_BROKER_USER, min_length=1)
     outbound_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     agent_cert_lifetime_days: int = Field(default=180, ge=1, le=825)

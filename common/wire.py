@@ -68,6 +68,7 @@ __all__ = [
     "decode_request",
     "encode_reply",
     "encode_request",
+    "publisher_of",
     "reply_message",
     "request_message",
 ]
@@ -262,6 +263,7 @@ def request_message(
     reply_to: str,
     correlation_id: str,
     expiration_s: float,
+    publisher: str,
     trace_id: str | None = None,
 ) -> aio_pika.Message:
     """Wrap a request for publishing to `pta.tenant.<tenant id>` (DESIGN.md flow 3, step 2).
@@ -269,7 +271,11 @@ def request_message(
     `message_id` and `correlation_id` are the request id; `correlation_id` must equal
     `env.request_id` (DESIGN.md fixes it). `expiration_s` (the time left to the deadline)
     becomes the per-message TTL, which aio-pika truncates to whole milliseconds; the
-    message is not persistent: a sign-in is useless after its deadline.
+    message is not persistent: a sign-in is useless after its deadline. `publisher` is the
+    publishing connection's broker user, sent as the AMQP `user_id`: RabbitMQ refuses a
+    `user_id` that is not the connection's user (the channel closes with
+    PRECONDITION_FAILED), so agents can tell requests the STS published from copies
+    anyone else published (`publisher_of`).
 
     Raises `ValueError` if `correlation_id` is not the request id or the deadline passed.
     """
@@ -286,6 +292,7 @@ def request_message(
         message_id=env.request_id,
         correlation_id=correlation_id,
         reply_to=reply_to,
+        user_id=publisher,
         expiration=expiration_s,
         delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         headers=headers,
@@ -315,6 +322,13 @@ def trace_of(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:
     if isinstance(value, str) and _TRACE_RE.match(value):
         return value
     return None
+
+
+def publisher_of(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:
+    """The broker user that published the message (AMQP `user_id`, checked by RabbitMQ
+    against the publishing connection), or None when the publisher did not set it."""
+    value = message.user_id
+    return value if isinstance(value, str) and value else None
 
 
 def correlation_of(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:

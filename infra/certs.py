@@ -2,7 +2,8 @@
 
 Two separate authorities, as the design demands: the PTA CA signs agent client
 certificates and nothing else; the service TLS CA issues the STS and CA servers' HTTPS
-certificates (its certificate is `ca_bundle` in stack.json). Private keys are written with
+certificates and the broker's AMQPS certificate (its certificate is `ca_bundle` in
+stack.json; agents pin it at registration). Private keys are written with
 mode 0600 by `common.pki.write_private_key`. Also the STS's first ES256 signing key.
 """
 
@@ -52,7 +53,7 @@ class StackPki:
         return self.dir / "sts-signing"
 
 
-SERVERS = ("sts", "ca")
+SERVERS = ("sts", "ca", "rabbitmq")  # rabbitmq: its AMQPS listener
 
 
 def ensure(

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from common.contracts import DEFAULT_STS_BROKER_USER
+
 BULK_USERS_PER_TENANT = 1000
 
 
@@ -70,6 +72,9 @@ class Demo:
     postgres_password: str
     rabbitmq_admin_user: str
     rabbitmq_admin_password: str
+    # The STS's own broker user (issue 8, finding 9): never the administrator.
+    rabbitmq_sts_user: str
+    rabbitmq_sts_password: str
 
 
 def _password() -> str:
@@ -126,6 +131,8 @@ def generate() -> Demo:
         postgres_password=_password(),
         rabbitmq_admin_user="pta-admin",
         rabbitmq_admin_password=_password(),
+        rabbitmq_sts_user=DEFAULT_STS_BROKER_USER,
+        rabbitmq_sts_password=_password(),
     )
 
 
@@ -139,12 +146,29 @@ def _from_json(data: dict[str, object]) -> Demo:
 
 
 def load_or_create(path: Path) -> Demo:
-    """Read the demo data of a state folder, creating it (mode 0600) on first use."""
+    """Read the demo data of a state folder, creating it (mode 0600) on first use.
+
+    A state folder from before the STS had its own broker user gets one, written back.
+    """
     if path.exists():
-        return _from_json(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if "rabbitmq_sts_user" not in data:
+            data["rabbitmq_sts_user"] = DEFAULT_STS_BROKER_USER
+            data["rabbitmq_sts_password"] = _password()
+            demo = _from_json(data)
+            _write(path, demo, replace=True)
+            return demo
+        return _from_json(data)
     demo = generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _write(path, demo, replace=False)
+    return demo
+
+
+def _write(path: Path, demo: Demo, *, replace: bool) -> None:
+    target = path.with_suffix(".tmp") if replace else path
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(asdict(demo), f, indent=2)
-    return demo
+    if replace:
+        os.replace(target, path)

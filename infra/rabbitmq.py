@@ -3,8 +3,15 @@
 Stands in for Azure Service Bus (DESIGN.md). Everything the node reads comes from the
 environment we give it (INFRA-NOTES.md): HOME (cookie), a private epmd on its own port,
 distribution bound to 127.0.0.1, the management plugin on its own loopback port.
-After start, `configure` creates the `pta` vhost, the admin's permissions on it and the
-`pta.replies` exchange through the management HTTP API.
+
+AMQP is spoken over TLS only (issue 8, finding 13): the one AMQP port is an AMQPS listener
+with a certificate from the service TLS CA (`infra.certs`), the CA bundle agents pin at
+registration; there is no plain AMQP listener. The management API stays plain HTTP on
+loopback (only the CA and the stack's tools use it).
+
+After start, `configure` creates the STS's broker user (no tags, no permissions yet):
+the CA grants it its permissions in each tenant's vhost when it creates that vhost
+(`ca.broker_admin`), so the STS never holds the administrator's credentials.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from urllib.parse import quote
 import aio_pika
 import aiohttp
 
-from common.contracts import REPLY_EXCHANGE, VHOST
+from infra.certs import StackPki
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
@@ -41,29 +48,58 @@ class RabbitMQ:
     name = "rabbitmq"
 
     def __init__(
-        self, layout: Layout, admin_user: str, admin_password: str, *, durable: bool = True
+        self,
+        layout: Layout,
+        pki: StackPki,
+        *,
+        admin_user: str,
+        admin_password: str,
+        sts_user: str,
+        sts_password: str,
+        durable: bool = True,
     ) -> None:
         self.layout = layout
+        self.pki = pki
         self.durable = durable
         self.dir = layout.server_dir("rabbitmq")
         self.admin_user = admin_user
         self.admin_password = admin_password
+        self.sts_user = sts_user
+        self.sts_password = sts_password
         self.ports = layout.ports
 
     # -- URLs --------------------------------------------------------------------------
 
+    def _url(self, user: str, password: str, vhost: str) -> str:
+        # aiormq reads `cafile` from the query: clients verify the broker with the
+        # service TLS CA, as agents do with the bundle they pinned.
+        return (
+            f"amqps://{quote(user, safe='')}:{quote(password, safe='')}"
+            f"@127.0.0.1:{self.ports.amqp}/{quote(vhost, safe='')}"
+            f"?cafile={quote(str(self.pki.service_ca_cert))}"
+        )
+
+    def admin_url(self, vhost: str = "/") -> str:
+        """The administrator's AMQPS URL on ``vhost`` (tests and tools; never services)."""
+        return self._url(self.admin_user, self.admin_password, vhost)
+
     @property
     def amqp_url(self) -> str:
-        """The admin's AMQP URL on the pta vhost (services use this; agents get their own)."""
+        """The administrator's AMQPS URL on the default vhost (stack.json, tools)."""
+        return self.admin_url()
+
+    @property
+    def sts_amqp_url(self) -> str:
+        """The STS's AMQPS URL: its own user, no vhost (it opens one per tenant)."""
         return (
-            f"amqp://{quote(self.admin_user, safe='')}:{quote(self.admin_password, safe='')}"
-            f"@127.0.0.1:{self.ports.amqp}/{VHOST}"
+            f"amqps://{quote(self.sts_user, safe='')}:{quote(self.sts_password, safe='')}"
+            f"@127.0.0.1:{self.ports.amqp}?cafile={quote(str(self.pki.service_ca_cert))}"
         )
 
     @property
     def public_amqp_url(self) -> str:
-        """The AMQP URL without credentials (for stack.json and agents)."""
-        return f"amqp://127.0.0.1:{self.ports.amqp}/{VHOST}"
+        """The AMQPS URL without credentials (for the CA to hand to agents)."""
+        return f"amqps://127.0.0.1:{self.ports.amqp}"
 
     @property
     def management_url(self) -> str:
@@ -118,7 +154,17 @@ class RabbitMQ:
         (d / "advanced.config").write_text("[].\n")
         conf = "\n".join(
             [
-                f"listeners.tcp.1 = 127.0.0.1:{self.ports.amqp}",
+                # AMQP over TLS only: no plain listener at all.
+                "listeners.tcp = none",
+                f"listeners.ssl.default = 127.0.0.1:{self.ports.amqp}",
+                f"ssl_options.cacertfile = {self.pki.service_ca_cert}",
+                f"ssl_options.certfile = {self.pki.server_cert('rabbitmq')}",
+                f"ssl_options.keyfile = {self.pki.server_key('rabbitmq')}",
+                # Clients authenticate with user and password; no client certificates.
+                "ssl_options.verify = verify_none",
+                "ssl_options.fail_if_no_peer_cert = false",
+                "ssl_options.versions.1 = tlsv1.3",
+                "ssl_options.versions.2 = tlsv1.2",
                 "management.tcp.ip = 127.0.0.1",
                 f"management.tcp.port = {self.ports.amqp_management}",
                 "loopback_users.guest = true",
@@ -178,10 +224,7 @@ class RabbitMQ:
                         async with http.get(f"{self.management_url}/api/overview") as r:
                             if r.status != 200:
                                 raise RuntimeError(f"management API answered {r.status}")
-                        conn = await aio_pika.connect(
-                            f"amqp://{quote(self.admin_user, safe='')}:"
-                            f"{quote(self.admin_password, safe='')}@127.0.0.1:{self.ports.amqp}/"
-                        )
+                        conn = await aio_pika.connect(self.admin_url())
                         await conn.close()
                     return
                 except Exception as exc:
@@ -193,22 +236,12 @@ class RabbitMQ:
         )
 
     async def configure(self) -> None:
-        """Create the pta vhost, the admin's permissions and the reply exchange."""
-        v = quote(VHOST, safe="")
-        u = quote(self.admin_user, safe="")
+        """Create (or reset the password of) the STS's broker user: no tags, and no
+        permissions here; the CA grants them per tenant vhost."""
+        u = quote(self.sts_user, safe="")
         async with aiohttp.ClientSession(headers=self._auth()) as http:
             for method, path, body in (
-                ("PUT", f"/api/vhosts/{v}", {"description": "pass-through authentication"}),
-                (
-                    "PUT",
-                    f"/api/permissions/{v}/{u}",
-                    {"configure": ".*", "write": ".*", "read": ".*"},
-                ),
-                (
-                    "PUT",
-                    f"/api/exchanges/{v}/{quote(REPLY_EXCHANGE, safe='')}",
-                    {"type": "direct", "durable": True, "auto_delete": False},
-                ),
+                ("PUT", f"/api/users/{u}", {"password": self.sts_password, "tags": ""}),
             ):
                 async with asyncio.timeout(10):
                     async with http.request(method, self.management_url + path, json=body) as r:
@@ -218,11 +251,11 @@ class RabbitMQ:
                             )
 
     async def health(self) -> Health:
-        endpoint = f"amqp://127.0.0.1:{self.ports.amqp}"
+        endpoint = self.public_amqp_url
         try:
             async with aiohttp.ClientSession(headers=self._auth()) as http:
                 async with asyncio.timeout(3):
-                    url = f"{self.management_url}/api/aliveness-test/{quote(VHOST, safe='')}"
+                    url = f"{self.management_url}/api/aliveness-test/%2F"
                     async with http.get(url) as r:
                         ok = r.status == 200 and (await r.json()).get("status") == "ok"
                         detail = "aliveness ok" if ok else f"aliveness {r.status}"

@@ -67,7 +67,7 @@ class Services:
         pki: StackPki,
         *,
         postgres_dsn: str,
-        amqp_url: str,
+        amqp_url: str,  # the STS's own broker user (never the administrator)
         amqp_public_url: str,
         amqp_management_url: str,
         ldap_url: str,
@@ -174,6 +174,7 @@ class Services:
                 "PTA_CA_AMQP_MANAGEMENT_URL": self.amqp_management_url,
                 "PTA_CA_AMQP_ADMIN_USER": self.demo.rabbitmq_admin_user,
                 "PTA_CA_AMQP_ADMIN_PASSWORD": self.demo.rabbitmq_admin_password,
+                "PTA_CA_STS_BROKER_USER": self.demo.rabbitmq_sts_user,
                 "PTA_CA_AGENT_AMQP_URL": self.amqp_public_url,
             },
             stop_wait_s=15,

@@ -64,10 +64,14 @@ class Stack:
         self.stack_user_dir = Path(user_dir) if user_dir else None
         self.durable = durable
         self.demo: Demo = load_or_create(self.state_dir / "demo.json")
+        self.pki = certs.StackPki(self.state_dir / "pki")
         self.rabbitmq = RabbitMQ(
             self.layout,
-            self.demo.rabbitmq_admin_user,
-            self.demo.rabbitmq_admin_password,
+            self.pki,
+            admin_user=self.demo.rabbitmq_admin_user,
+            admin_password=self.demo.rabbitmq_admin_password,
+            sts_user=self.demo.rabbitmq_sts_user,
+            sts_password=self.demo.rabbitmq_sts_password,
             durable=durable,
         )
         self.postgres = Postgres(
@@ -79,13 +83,12 @@ class Stack:
         self.slapd = Slapd(self.layout, self.demo)
         self.supervisor = Supervisor(self.layout)
         self.with_services = with_services
-        self.pki = certs.StackPki(self.state_dir / "pki")
         self.services = Services(
             self.layout,
             self.demo,
             self.pki,
             postgres_dsn=self.postgres.dsn(),
-            amqp_url=self.rabbitmq.amqp_url,
+            amqp_url=self.rabbitmq.sts_amqp_url,
             amqp_public_url=self.rabbitmq.public_amqp_url,
             amqp_management_url=self.rabbitmq.management_url,
             ldap_url=self.slapd.url,
@@ -314,6 +317,8 @@ class Stack:
             "state_dir": str(self.state_dir),
             "servers": {
                 "amqp_url": self.rabbitmq.amqp_url,
+                # The STS's own broker user (no vhost: one per tenant, pta.<tenant id>).
+                "amqp_sts_url": self.rabbitmq.sts_amqp_url,
                 "amqp_management_url": self.rabbitmq.management_url,
                 "amqp_admin": {
                     "username": self.demo.rabbitmq_admin_user,

@@ -1,26 +1,35 @@
 """The STS side of flow 3: publish a sealed request to the tenant's agents, match the reply.
 
-aio-pika's request/reply pattern (`patterns/rpc.py`, STYLE.md), per STS process:
-- one robust connection and one channel, with publisher confirms and `on_return_raises`,
-  so an unroutable publish (no tenant queue) fails at once (AADSTS80001) and a publish
-  the queue refuses (full, `x-overflow: reject-publish`) fails at once too;
-- one exclusive, auto-delete reply queue named `sts.<instance id>.<random>`, bound to the
-  `pta.replies` exchange with that name as routing key: it is every request's `reply_to`;
-- a `request_id -> Pending` map whose entries remove themselves when their future is
-  done (reply, deadline, cancellation); every pending future fails when the channel
-  closes (the user is answered at once, not at the deadline);
-- requests go to the default exchange with routing key `pta.tenant.<tenant id>`,
-  `mandatory=True`, and a per-message expiration equal to the time left to the deadline
-  (`common.wire.request_message`); the STS waits for the reply until the deadline.
+aio-pika's request/reply pattern (`patterns/rpc.py`, STYLE.md), per STS process. Each
+tenant has its own vhost (`pta.<tenant id>`, `common.contracts.tenant_vhost`), and an AMQP
+connection reaches one vhost, so the STS keeps one `TenantLink` per tenant, opened on the
+first sign-in that needs it (one open at a time per tenant; a failed open answers
+AADSTS80001 and is retried with backoff by later sign-ins). Per link:
+- one robust connection as the STS's own broker user (never the administrator: see
+  `ca.broker_admin.sts_permissions`) and one channel, with publisher confirms and
+  `on_return_raises`, so an unroutable publish (no tenant queue) fails at once
+  (AADSTS80001) and a publish the queue refuses (full, `x-overflow: reject-publish`)
+  fails at once too;
+- one exclusive, auto-delete reply queue named `sts.<instance id>.<random>` (the same
+  name in every vhost), bound to that vhost's `pta.replies` exchange (passive-declared:
+  the CA declares it) with that name as routing key: it is every request's `reply_to`;
+- when the channel closes, every pending request of that tenant fails at once (the user
+  is answered at once, not at the deadline).
+Across links, one `request_id -> Pending` map whose entries remove themselves when their
+future is done (reply, deadline, cancellation). Requests go to the default exchange with
+routing key `pta.tenant.<tenant id>`, `mandatory=True`, a per-message expiration equal to
+the time left to the deadline, and the AMQP `user_id` of the STS's broker user (RabbitMQ
+checks it; agents handle no request without it: `common.wire.request_message`); the STS
+waits for the reply until the deadline.
 
 Before publishing, the tenant queue's consumer count tells whether any agent listens: no
 consumer answers AADSTS80001 at once instead of after the deadline. The count is cached
 per tenant (`ConsumerCounts`) and re-read from the broker (a passive queue declare on a
-separate plain channel: a 404 closes that channel, never the one with pending requests) in
-the background at most every `consumer_check_interval_s`; it is read in line only the
-first time, when it is older than `MAX_COUNT_AGE_S`, or when it was 0 and is stale (a
-tenant with no agent is failing anyway). A missing tenant queue is declared with the
-arguments of `common.contracts` (the CA normally declares it at registration).
+separate plain channel of the tenant's link: a 404 closes that channel, never the one with
+pending requests) in the background at most every `consumer_check_interval_s`; it is read
+in line only the first time, when it is older than `MAX_COUNT_AGE_S`, or when it was 0 and
+is stale (a tenant with no agent is failing anyway). A missing tenant queue counts 0: the
+CA declares it (with the vhost) when the tenant's first agent registers; the STS may not.
 
 Replies are checked before they are believed (DESIGN.md flow 3, step 4):
 1. `wire.decode_reply`; a body that does not decode is dropped and counted;
@@ -44,6 +53,7 @@ reply; the warning lines about unused replies are bounded per sender and in all
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections import Counter, OrderedDict
@@ -62,13 +72,9 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiohttp import web
+from yarl import URL
 
-from common.contracts import (
-    REPLY_EXCHANGE,
-    TENANT_QUEUE_ARGUMENTS,
-    TENANT_QUEUE_DURABLE,
-    tenant_queue,
-)
+from common.contracts import REPLY_EXCHANGE, tenant_queue, tenant_vhost, vhost_url
 from common.envelope import verify_reply
 from common.wire import (
     Reply,
@@ -233,10 +239,13 @@ class PendingReplies:
         pending = self._entries.get(request_id)
         return None if pending is None or pending.future.done() else pending
 
-    def fail_all(self, exc: BaseException) -> int:
-        """Fail every pending future (the channel closed); returns how many."""
+    def fail_all(self, exc: BaseException, *, tenant_id: str | None = None) -> int:
+        """Fail every pending future (the channel closed), or only `tenant_id`'s (that
+        tenant's link closed); returns how many."""
         failed = 0
         for pending in list(self._entries.values()):
+            if tenant_id is not None and pending.tenant_id != tenant_id:
+                continue
             if not pending.future.done():
                 pending.future.set_exception(exc)
                 pending.future.exception()  # mark retrieved: the waiter may be gone
@@ -321,6 +330,22 @@ class ConsumerCounts:
 # --------------------------------------------------------------------------- the dispatcher
 
 
+@dataclass(slots=True, eq=False)
+class TenantLink:
+    """The STS's robust connection to one tenant's vhost (`pta.<tenant id>`).
+
+    `channel` has publisher confirms and carries requests and this process's reply queue
+    in that vhost; `probe_channel` is a plain channel for passive declares (a 404 closes
+    it, never `channel`).
+    """
+
+    tenant_id: str
+    connection: AbstractRobustConnection
+    channel: AbstractRobustChannel
+    probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    probe_channel: aiormq.abc.AbstractChannel | None = None
+
+
 class Dispatcher:
     """The AMQP request/reply client of one STS process (see module docstring)."""
 
@@ -334,20 +359,21 @@ class Dispatcher:
         connect_timeout_s: float = 10.0,
     ) -> None:
         self._amqp_url = amqp_url
+        # The broker user requests are published as (AMQP user_id, checked by RabbitMQ).
+        self.publisher = URL(amqp_url).user or ""
         self.reply_key = f"sts.{instance_id}.{secrets.token_hex(6)}"
         self._agents = agents
         self._connect_timeout_s = connect_timeout_s
         self._pending = PendingReplies()
         self._counts = ConsumerCounts(self._probe_consumers, interval_s=consumer_check_interval_s)
-        self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
-        self._probe_channel: aiormq.abc.AbstractChannel | None = None
-        self._probe_lock = asyncio.Lock()
+        self._links: dict[str, TenantLink] = {}
+        self._opening: dict[str, asyncio.Task[TenantLink | None]] = {}
+        self._retry: dict[str, tuple[float, float]] = {}  # tenant -> (not before, backoff)
         self._expired: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         # Requests that timed out, kept to settle a genuine late reply (smart lockout).
         self._unanswered: OrderedDict[str, DispatchRequest] = OrderedDict()
         self.on_late_reply: Callable[[LateReply], None] | None = None
-        self.ready = asyncio.Event()  # set once connected and consuming replies
+        self.ready = asyncio.Event()  # set once running; links open per tenant on demand
         self.counters: Counter[str] = Counter()
         self.reply_warnings = ReplyWarnings()
 
@@ -359,30 +385,69 @@ class Dispatcher:
     def consumer_counts(self) -> ConsumerCounts:
         return self._counts
 
+    @property
+    def links(self) -> Mapping[str, TenantLink]:
+        """The open tenant links, by tenant id."""
+        return self._links
+
     # -- lifetime ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Connect (retrying with backoff), then refresh consumer counts until cancelled."""
-        backoff = _BACKOFF_INITIAL_S
-        while self._connection is None:
-            try:
-                await self._connect()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the top of the task: log, back off, retry
-                log.warning(
-                    "broker_connect_failed",
-                    error=f"{type(exc).__name__}: {exc}"[:200],
-                    retry_in_s=backoff,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+        """Refresh consumer counts until cancelled (tenant links open on demand)."""
+        self.ready.set()
         await self._counts.run()
 
-    async def _connect(self) -> None:
+    async def link(self, tenant_id: str, *, timeout_s: float) -> TenantLink | None:
+        """The tenant's link, opened on first use; None when it cannot be had in
+        `timeout_s` or failed recently (retried with backoff, in the background of
+        later sign-ins: one open at a time per tenant)."""
+        found = self._links.get(tenant_id)
+        if found is not None:
+            return found
+        task = self._opening.get(tenant_id)
+        if task is None:
+            not_before, _ = self._retry.get(tenant_id, (0.0, 0.0))
+            if time.monotonic() < not_before:
+                return None
+            task = asyncio.get_running_loop().create_task(
+                self._open_link(tenant_id), name=f"sts-link-{tenant_id}"
+            )
+            self._opening[tenant_id] = task
+            task.add_done_callback(lambda _t: self._opening.pop(tenant_id, None))
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                # Shielded: a sign-in that gives up does not cancel the others' open.
+                return await asyncio.shield(task)
+        except TimeoutError:
+            return None
+
+    async def _open_link(self, tenant_id: str) -> TenantLink | None:
+        """Connect to the tenant's vhost; None (logged, backoff recorded) on failure."""
+        try:
+            link = await self._connect(tenant_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the top of the task: log, back off, answer 80001
+            _, backoff = self._retry.get(tenant_id, (0.0, _BACKOFF_INITIAL_S / 2))
+            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            self._retry[tenant_id] = (time.monotonic() + backoff, backoff)
+            log.warning(
+                "broker_connect_failed",
+                tenant_id=tenant_id,
+                error=f"{type(exc).__name__}: {exc}"[:200],
+                retry_in_s=backoff,
+            )
+            return None
+        self._retry.pop(tenant_id, None)
+        self._links[tenant_id] = link
+        return link
+
+    async def _connect(self, tenant_id: str) -> TenantLink:
+        started = time.monotonic()
+        url = vhost_url(self._amqp_url, tenant_vhost(tenant_id))
         async with asyncio.timeout(self._connect_timeout_s * 2):
             connection = await aio_pika.connect_robust(
-                self._amqp_url,
+                url,
                 timeout=self._connect_timeout_s,
                 client_properties={"connection_name": self.reply_key},
                 reconnect_interval=_RECONNECT_INTERVAL_S,
@@ -390,9 +455,8 @@ class Dispatcher:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                exchange = await channel.declare_exchange(
-                    REPLY_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-                )
+                # Passive: the CA declares the exchange; the STS may not configure it.
+                exchange = await channel.get_exchange(REPLY_EXCHANGE, ensure=True)
                 queue = await channel.declare_queue(
                     self.reply_key, exclusive=True, auto_delete=True
                 )
@@ -402,37 +466,54 @@ class Dispatcher:
             await connection.close()
             raise
         assert isinstance(channel, AbstractRobustChannel)  # connect_robust's channels are
-        channel.close_callbacks.add(self._on_channel_close)
-        connection.close_callbacks.add(self._on_channel_close)
-        self._connection, self._channel = connection, channel
-        self.ready.set()
-        log.info("broker_connected", reply_queue=self.reply_key)
+        on_close = functools.partial(self._on_channel_close, tenant_id)
+        channel.close_callbacks.add(on_close)
+        connection.close_callbacks.add(on_close)
+        log.info(
+            "broker_connected",
+            tenant_id=tenant_id,
+            reply_queue=self.reply_key,
+            open_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        return TenantLink(tenant_id, connection, channel)
 
-    def _on_channel_close(self, _sender: object, exc: BaseException | None = None) -> None:
-        failed = self._pending.fail_all(ChannelLost())
+    def _on_channel_close(
+        self, tenant_id: str, _sender: object, exc: BaseException | None = None
+    ) -> None:
+        failed = self._pending.fail_all(ChannelLost(), tenant_id=tenant_id)
         if failed:
-            log.warning("broker_channel_closed", failed_requests=failed, error=repr(exc)[:200])
+            log.warning(
+                "broker_channel_closed",
+                tenant_id=tenant_id,
+                failed_requests=failed,
+                error=repr(exc)[:200],
+            )
 
     async def close(self) -> None:
-        """Fail what is pending and close the connection."""
+        """Fail what is pending and close every tenant link."""
         self.ready.clear()
+        opening = list(self._opening.values())
+        for task in opening:
+            task.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
         self._pending.fail_all(ChannelLost())
-        connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None:
+        links, self._links = list(self._links.values()), {}
+        for link in links:
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
-                    await connection.close()
+                    await link.connection.close()
             except TimeoutError:
-                log.warning("broker_close_timeout")
+                log.warning("broker_close_timeout", tenant_id=link.tenant_id)
 
     # -- dispatch ------------------------------------------------------------------------
 
     async def dispatch(self, request: DispatchRequest) -> DispatchResult:
         """Publish `request` to its tenant queue and wait for the verified reply."""
         env = request.envelope
-        channel = self._channel
-        if channel is None or channel.is_closed:
-            return self._no_agent("not connected to the broker")
+        link = await self.link(env.tenant_id, timeout_s=env.expires_at - time.time())
+        if link is None or link.channel.is_closed:
+            return self._no_agent("not connected to the tenant's vhost on the broker")
+        channel = link.channel
         count = await self._counts.get(env.tenant_id)
         if count == 0:
             return self._no_agent("no agent is connected to the tenant's queue")
@@ -448,6 +529,7 @@ class Dispatcher:
                     reply_to=self.reply_key,
                     correlation_id=env.request_id,
                     expiration_s=remaining_s,
+                    publisher=self.publisher,
                     trace_id=request.correlation_id or None,
                 )
                 await channel.default_exchange.publish(
@@ -602,27 +684,24 @@ class Dispatcher:
     # -- consumer counts -----------------------------------------------------------------
 
     async def _probe_consumers(self, tenant_id: str) -> int | None:
-        """Passive-declare the tenant queue for its consumer count; declare it if missing."""
+        """Passive-declare the tenant queue for its consumer count (0 when it is missing:
+        the CA declares it when the tenant's first agent registers; the STS may not)."""
+        link = self._links.get(tenant_id)
+        if link is None:
+            return None
         name = tenant_queue(tenant_id)
-        async with self._probe_lock:
+        async with link.probe_lock:
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
-                    try:
-                        channel = await self._probe()
-                        declared = await channel.queue_declare(name, passive=True)
-                    except aiormq.exceptions.ChannelNotFoundEntity:
-                        self._probe_channel = None  # a 404 closed it
-                        channel = await self._probe()
-                        declared = await channel.queue_declare(
-                            name,
-                            durable=TENANT_QUEUE_DURABLE,
-                            arguments=dict(TENANT_QUEUE_ARGUMENTS),
-                        )
-                        log.info("tenant_queue_declared", tenant_id=tenant_id, queue=name)
+                    channel = await self._probe(link)
+                    declared = await channel.queue_declare(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                link.probe_channel = None  # a 404 closed it
+                return 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker trouble: unknown count, publish decides
-                self._probe_channel = None
+                link.probe_channel = None
                 log.warning(
                     "consumer_count_failed",
                     tenant_id=tenant_id,
@@ -632,17 +711,16 @@ class Dispatcher:
         count = declared.consumer_count
         return None if count is None else int(count)
 
-    async def _probe(self) -> aiormq.abc.AbstractChannel:
+    async def _probe(self, link: TenantLink) -> aiormq.abc.AbstractChannel:
         """A plain (not robust) channel for passive declares, opened when needed."""
-        channel = self._probe_channel
+        channel = link.probe_channel
         if channel is not None and not channel.is_closed:
             return channel
-        connection = self._connection
-        transport = None if connection is None else connection.transport
+        transport = link.connection.transport
         if transport is None:
             raise ConnectionError("not connected to the broker")
         channel = await transport.connection.channel(publisher_confirms=False)
-        self._probe_channel = channel
+        link.probe_channel = channel
         return channel
 
 

@@ -467,11 +467,11 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
     """`cleanup_ctx`: the validator and what it runs on (after the database's context).
 
     Starts the LISTEN task (agent keys), the sign-in log writer and, when
-    `PTA_STS_AMQP_URL` is set, the dispatcher (connects in the background, retrying: the
-    STS serves cloud-only admins while the broker is down). Waits briefly for both the
-    LISTEN connection and the broker so the first sign-ins do not answer 80001; never
-    fails the start for them. At shutdown: stop the tasks, fail pending requests, close
-    the broker connection, and write the sign-in log rows still queued.
+    `PTA_STS_AMQP_URL` is set, the dispatcher (it opens each tenant's broker link on that
+    tenant's first sign-in, retrying with backoff: the STS serves cloud-only admins while
+    the broker is down). Waits briefly for the LISTEN connection so the first sign-ins do
+    not answer 80001; never fails the start for it. At shutdown: stop the tasks, fail
+    pending requests, close the broker links, and write the sign-in log rows still queued.
     """
     settings = app[SETTINGS]
     db = app[DATABASE]

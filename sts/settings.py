@@ -26,9 +26,12 @@ the environment. A bad value fails at start with a message that names the variab
 - `PTA_STS_LOG_LEVEL` (`INFO`).
 
 Sign-in through the agents (`sts.passwords`, `sts.dispatcher`, `sts.lockout`):
-- `PTA_STS_AMQP_URL` (unset): the broker (`amqp://` or `amqps://`, with the `pta` vhost),
-  with rights to publish to tenant queues, declare them, and declare this instance's
-  reply queue. Unset: synced users get AADSTS80001 (cloud-only admins still sign in).
+- `PTA_STS_AMQP_URL` (unset): the broker (`amqps://`, or `amqp://` on a trusted network),
+  as the STS's own broker user and without a vhost: the STS opens one connection per
+  tenant vhost (`pta.<tenant id>`), where the CA grants this user its permissions
+  (`ca.broker_admin.sts_permissions`); its name is the `user_id` of every request.
+  `?cafile=/path/ca.pem` names the CA bundle that verifies the broker. Unset: synced
+  users get AADSTS80001 (cloud-only admins still sign in).
 - `PTA_STS_INSTANCE_ID` (`sts`): names this replica's reply queue
   (`sts.<instance id>.<random>`); letters, digits, `-`, `_`.
 - `PTA_STS_REQUEST_TIMEOUT_S` (10): the deadline of one password validation (envelope
@@ -155,7 +158,14 @@ class StsSettings(BaseSettings):
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ValueError("must be an amqp:// or amqps:// URL such as amqp://user:pw@host/pta")
+            raise ValueError("must be an amqp:// or amqps:// URL such as amqps://sts:pw@host")
+        if not parts.username:
+            raise ValueError("must name the STS's broker user (amqps://sts:pw@host)")
+        if parts.path not in ("", "/"):
+            raise ValueError(
+                "must name no vhost: the STS connects to each tenant's vhost "
+                "(pta.<tenant id>) itself; drop the path"
+            )
         return value
 
     @field_validator("instance_id")

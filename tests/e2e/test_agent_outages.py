@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from common.contracts import tenant_queue
 from infra.stack import Stack
+from tests.broker import sts_url, sts_user
 from tests.e2e.support import password_grant, tenant_doc, user_password
 
 pytestmark = pytest.mark.stack
@@ -125,13 +126,20 @@ async def test_unanswered_attempts_keep_their_places_in_flight(
 async def test_garbage_on_the_tenant_queue_does_not_stop_agents(stack: Stack) -> None:
     tenant = tenant_doc(stack, "fabrikam.test")
     pids = {n: stack.supervisor.states()[n].pid for n in FABRIKAM_AGENTS}
-    conn = await aio_pika.connect(stack.amqp_url)
+    # As the STS's broker user (agents drop anyone else's messages unread), so the
+    # garbage reaches the agents' decoders.
+    conn = await aio_pika.connect(sts_url(stack, tenant["id"]))
     try:
         ch = await conn.channel()
         for body in (b"", b"not json", b"{}", b"[1,2,3]", b'{"v": 1}', b"\x00" * 1000,
                      b'{"v":1,"request_id":"' + str(uuid.uuid4()).encode() + b'"}'):  # fmt: skip
             await ch.default_exchange.publish(
-                aio_pika.Message(body, reply_to="nobody", message_id=str(uuid.uuid4())),
+                aio_pika.Message(
+                    body,
+                    reply_to="nobody",
+                    message_id=str(uuid.uuid4()),
+                    user_id=sts_user(stack),
+                ),
                 routing_key=tenant_queue(tenant["id"]),
             )
     finally:

@@ -12,11 +12,9 @@ in a throwaway tenant answers sealed sign-in requests (see the isolation note th
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -28,7 +26,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aio_pika
 import aio_pika.abc
@@ -42,21 +39,24 @@ from argon2 import PasswordHasher
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from agent import __version__, registration, runner, state
+from agent.broker import PlaintextBrokerRefused
 from agent.cloud import CertificateRevoked
 from agent.settings import load_settings
 from agent.signin import PasswordLogin
 from common import logs, pki
-from common.contracts import (
-    ADMIN_ROLE,
-    REPLY_EXCHANGE,
-    TENANT_QUEUE_ARGUMENTS,
-    TENANT_QUEUE_DURABLE,
-    VHOST,
-    tenant_queue,
-)
+from common.contracts import ADMIN_ROLE, REPLY_EXCHANGE, tenant_queue, tenant_vhost
 from common.envelope import kid_for, new_reply_key, seal, verify_reply
 from common.wire import Reply, Status, decode_reply, request_message
 from infra.stack import Stack
+from tests.broker import (
+    admin_url,
+    drop_tenant,
+    ensure_tenant,
+    management_call,
+    management_client,
+    sts_url,
+    sts_user,
+)
 from tests.integration.test_agent_clients import Agent, FakeCloud, registered
 from tests.logs import logged_event
 
@@ -64,41 +64,27 @@ pytestmark = pytest.mark.stack
 
 
 class Broker:
-    """The stack's RabbitMQ as the CA sees it: management API and an admin connection."""
+    """The stack's RabbitMQ as the CA sees it (``ca.broker_admin``, the CA's own code)."""
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.management = stack.rabbitmq.management_url
-        raw = f"{stack.demo.rabbitmq_admin_user}:{stack.demo.rabbitmq_admin_password}"
-        self.auth = {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
         self.users: list[str] = []
-        self.queues: list[str] = []
+        self.tenants: list[str] = []
 
     async def grant(self, agent: Agent, *, lifetime_s: float) -> dict[str, Any]:
         """Create or rotate the agent's broker user (DESIGN.md flow 2 step 3)."""
         user, key = f"agent-{agent.agent_id}", secrets.token_urlsafe(24)
-        async with aiohttp.ClientSession(headers=self.auth) as http:
-            r = await http.put(
-                f"{self.management}/api/users/{user}", json={"password": key, "tags": ""}
-            )
-            assert r.status in (201, 204), await r.text()
-            r = await http.put(
-                f"{self.management}/api/permissions/{VHOST}/{user}",
-                json={
-                    "configure": "^$",
-                    "write": r"^pta\.replies$",
-                    "read": f"^{re.escape(tenant_queue(agent.tenant_id))}$",
-                },
-            )
-            assert r.status in (201, 204), await r.text()
+        async with aiohttp.ClientSession() as session:
+            await management_client(self.stack, session).put_agent_user(user, key, agent.tenant_id)
         self.users.append(user)
         return {
-            "amqp_url": f"amqp://127.0.0.1:{self.stack.layout.ports.amqp}",
-            "vhost": VHOST,
+            "amqp_url": self.stack.rabbitmq.public_amqp_url,
+            "vhost": tenant_vhost(agent.tenant_id),
             "username": user,
             "access_key": key,
             "queue": tenant_queue(agent.tenant_id),
             "reply_exchange": "pta.replies",
+            "publisher": sts_user(self.stack),
             "expires_at": time.time() + lifetime_s,
             "agent_id": agent.agent_id,
             "tenant_id": agent.tenant_id,
@@ -106,28 +92,21 @@ class Broker:
         }
 
     async def declare_tenant_queue(self, tenant_id: str) -> None:
-        connection = await aio_pika.connect(self.stack.amqp_url)
-        async with connection:
-            channel = await connection.channel()
-            await channel.declare_queue(
-                tenant_queue(tenant_id),
-                durable=TENANT_QUEUE_DURABLE,
-                arguments=dict(TENANT_QUEUE_ARGUMENTS),
-            )
-        self.queues.append(tenant_queue(tenant_id))
+        """The tenant's vhost, exchange and queue, as the CA makes them."""
+        await ensure_tenant(self.stack, tenant_id)
+        self.tenants.append(tenant_id)
 
     async def connections_of(self, user: str) -> list[dict[str, Any]]:
-        async with aiohttp.ClientSession(headers=self.auth) as http:
-            r = await http.get(f"{self.management}/api/connections")
-            connections: list[dict[str, Any]] = await r.json()
+        _, connections = await management_call(self.stack, "GET", "/api/connections")
         return [c for c in connections if c.get("user") == user]
 
     async def cleanup(self) -> None:
-        async with aiohttp.ClientSession(headers=self.auth) as http:
+        async with aiohttp.ClientSession() as session:
+            admin = management_client(self.stack, session)
             for user in set(self.users):
-                await http.delete(f"{self.management}/api/users/{user}")
-            for queue in set(self.queues):
-                await http.delete(f"{self.management}/api/queues/{VHOST}/{quote(queue, safe='')}")
+                await admin.delete_user(user)
+        for tenant_id in set(self.tenants):
+            await drop_tenant(self.stack, tenant_id)
 
 
 @pytest_asyncio.fixture
@@ -170,6 +149,10 @@ async def _started(
     cloud: FakeCloud, tmp_path: Path, log_output: io.StringIO, stack: Stack, **settings: Any
 ) -> tuple[asyncio.Task[None], asyncio.Event, Agent]:
     loaded = await registered(cloud, tmp_path / "state")
+    # The fake CA's bundle is pinned at registration; the stack's broker speaks AMQPS with
+    # a certificate of the stack's service CA, so the pinned bundle holds both here.
+    bundle = loaded.dir.ca_bundle
+    bundle.write_bytes(bundle.read_bytes() + stack.pki.service_ca_cert.read_bytes())
     # As `pta-agent run` does; `register` (run by the CLI) configured logging for itself.
     logs.configure(level="DEBUG", json=True, service="agent")
     structlog.configure(
@@ -210,6 +193,25 @@ async def test_run_connects_with_bootstrap_credentials_and_stops_on_request(
     stop.set()
     async with asyncio.timeout(15):
         await task  # a requested stop ends run() without an error
+
+
+async def test_a_plain_amqp_url_to_another_host_is_refused(
+    cloud: FakeCloud, broker: Broker, tmp_path: Path, log_output: io.StringIO
+) -> None:
+    """Issue 8, finding 13: the CA's answer alone must not make the agent send its access
+    key in the clear across a network; the operator's explicit setting is named."""
+    await broker.declare_tenant_queue(cloud.tenant_id)
+
+    async def grant(agent: Agent) -> dict[str, Any]:
+        # 192.0.2.0/24 (TEST-NET-1, RFC 5737): never reached; the agent must not try.
+        return {**await broker.grant(agent, lifetime_s=3600), "amqp_url": "amqp://192.0.2.7"}
+
+    cloud.grant_factory = grant
+    task, _stop, _agent = await _started(cloud, tmp_path, log_output, broker.stack)
+    with pytest.raises(PlaintextBrokerRefused) as caught:
+        await asyncio.wait_for(task, 15)
+    assert "PTA_AGENT_ALLOW_PLAINTEXT_AMQP" in str(caught.value)
+    assert "amqp://192.0.2.7" in str(caught.value)
 
 
 async def test_missing_queue_is_retried_until_the_cloud_declares_it(
@@ -374,20 +376,22 @@ async def throwaway(stack: Stack) -> AsyncIterator[Throwaway]:
             await registration.unregister(
                 state.load(state_dir), login=admin, timeout_s=30
             )  # DELETE /agents/{id}
-        cleanup = Broker(stack)
-        cleanup.queues.append(tenant_queue(tenant_id))
-        await cleanup.cleanup()
+        await drop_tenant(stack, tenant_id)
         await conn.execute("DELETE FROM tenants WHERE id = $1", uuid.UUID(tenant_id))
         await conn.close()
         shutil.rmtree(state_dir.parent, ignore_errors=True)
 
 
 class Requester:
-    """The STS side of DESIGN.md flow 3, by hand: seal, publish, await the reply."""
+    """The STS side of DESIGN.md flow 3, by hand: seal, publish, await the reply. The
+    connection is the STS's broker user's on the tenant's vhost (``sts_url``)."""
 
-    def __init__(self, connection: aio_pika.abc.AbstractConnection, target: Throwaway):
+    def __init__(
+        self, connection: aio_pika.abc.AbstractConnection, target: Throwaway, publisher: str
+    ):
         self.connection = connection
         self.target = target
+        self.publisher = publisher
         cert = pki.load_certificates_pem(target.registration.dir.certificate.read_bytes())[0]
         public_key = cert.public_key()
         assert isinstance(public_key, RSAPublicKey)
@@ -399,7 +403,10 @@ class Requester:
         self, username: str, password: str, *, timeout_s: float = 15
     ) -> tuple[Reply, bytes, aio_pika.abc.AbstractIncomingMessage]:
         channel = await self.connection.channel()
-        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        # Named as the STS's reply queues: the only ones its broker user may declare.
+        replies = await channel.declare_queue(
+            f"sts.pytest.{uuid.uuid4().hex[:12]}", exclusive=True, auto_delete=True
+        )
         await replies.bind(REPLY_EXCHANGE, routing_key=replies.name)
         reply_key = new_reply_key()
         now = time.time()
@@ -414,7 +421,11 @@ class Requester:
             expires_at=now + 10,
         )
         message = request_message(
-            envelope, reply_to=replies.name, correlation_id=envelope.request_id, expiration_s=10
+            envelope,
+            reply_to=replies.name,
+            correlation_id=envelope.request_id,
+            expiration_s=10,
+            publisher=self.publisher,
         )
         await channel.default_exchange.publish(
             message, routing_key=tenant_queue(self.target.tenant_id)
@@ -430,7 +441,7 @@ class Requester:
 
 
 async def _consumers(stack: Stack, tenant_id: str) -> int:
-    connection = await aio_pika.connect(stack.amqp_url)
+    connection = await aio_pika.connect(admin_url(stack, tenant_id))
     async with connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(tenant_queue(tenant_id), passive=True)
@@ -459,10 +470,10 @@ async def test_the_runner_answers_a_sealed_request_with_a_mac_valid_reply(
     )
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(settings, stop=stop))
-    connection = await aio_pika.connect(stack.amqp_url)
+    connection = await aio_pika.connect(sts_url(stack, throwaway.tenant_id))
     try:
         await _until_consumed(stack, throwaway.tenant_id)
-        requester = Requester(connection, throwaway)
+        requester = Requester(connection, throwaway, sts_user(stack))
         # A wrong password first, then the right one: the success clears the failure
         # that the wrong bind counted against alice's lockout in the directory.
         wrong, wrong_key, _ = await requester.ask(alice.username, "wrong-" + alice.password)

@@ -19,7 +19,8 @@ import pytest
 from cryptography import x509
 
 from ca.broker_admin import RabbitManagement
-from common.contracts import REPLY_EXCHANGE, VHOST, agent_broker_user, tenant_queue
+from common.contracts import REPLY_EXCHANGE, agent_broker_user, tenant_queue, tenant_vhost
+from tests.broker import VHOST_REFUSED
 from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used by name
     NOW,
     Agent,
@@ -76,7 +77,8 @@ async def test_bootstrap_gives_credentials_for_the_own_tenant_only(
     before = dt.datetime.now(dt.UTC)
     answer = await _bootstrap(ca, agent)
     assert answer["amqp_url"] == ca.stack.rabbitmq.public_amqp_url
-    assert answer["vhost"] == VHOST
+    assert answer["vhost"] == tenant_vhost(tenant)
+    assert answer["publisher"] == ca.settings.sts_broker_user
     assert answer["username"] == agent_broker_user(agent.agent_id)
     assert answer["queue"] == tenant_queue(tenant)
     assert answer["reply_exchange"] == REPLY_EXCHANGE
@@ -96,7 +98,7 @@ async def test_bootstrap_gives_credentials_for_the_own_tenant_only(
     status, user = await management(ca, "GET", f"/api/users/{answer['username']}")
     assert status == 200 and user["tags"] in ("", [])
 
-    connection = await aio_pika.connect(amqp_url(answer))
+    connection = await aio_pika.connect(amqp_url(ca.stack, answer))
     try:
         own = await connection.channel()
         queue = await own.get_queue(answer["queue"], ensure=False)
@@ -124,6 +126,39 @@ async def test_bootstrap_gives_credentials_for_the_own_tenant_only(
         await connection.close()
 
 
+async def test_an_agent_learns_nothing_about_another_tenants_queue(
+    ca: CaServer, new_tenant: TenantFactory, tmp_path: Path
+) -> None:
+    """Issue 8, finding 6: RabbitMQ checks no permission on a passive declare, so in a
+    shared vhost an agent could read another tenant's queue (existence, backlog,
+    consumers). Each tenant has its own vhost now."""
+    tenant, other = await new_tenant(), await new_tenant()
+    agent = await register(ca, tenant, tmp_path / "a")
+    other_agent = await register(ca, other, tmp_path / "b")
+    answer = await _bootstrap(ca, agent)
+    other_answer = await _bootstrap(ca, other_agent)
+    other_live = await aio_pika.connect(amqp_url(ca.stack, other_answer))
+    connection = await aio_pika.connect(amqp_url(ca.stack, answer))
+    try:
+        # The other tenant's queue has a consumer: nothing of it shows.
+        other_channel = await other_live.channel()
+        other_queue = await other_channel.get_queue(tenant_queue(other), ensure=False)
+        await other_queue.consume(_ignore)
+        # Its name in the agent's own vhost: not found, exactly as for a tenant that
+        # does not exist, so not even the tenant id's existence leaks.
+        for name in (tenant_queue(other), tenant_queue(str(uuid.uuid4()))):
+            probe = await connection.channel()
+            with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+                await probe.declare_queue(name, passive=True)
+        # The other tenant's vhost: the connection itself is refused.
+        with pytest.raises(VHOST_REFUSED, match=r"Connection\.Close"):
+            await aio_pika.connect(amqp_url(ca.stack, {**answer, "vhost": other_answer["vhost"]}))
+        assert answer["vhost"] != other_answer["vhost"]
+    finally:
+        await connection.close()
+        await other_live.close()
+
+
 async def test_a_second_bootstrap_rotates_the_key(
     ca: CaServer, new_tenant: TenantFactory, tmp_path: Path
 ) -> None:
@@ -134,8 +169,8 @@ async def test_a_second_bootstrap_rotates_the_key(
     assert first["username"] == second["username"]
     assert first["access_key"] != second["access_key"]
     with pytest.raises(aiormq.exceptions.AMQPConnectionError):
-        await aio_pika.connect(amqp_url(first))
-    connection = await aio_pika.connect(amqp_url(second))
+        await aio_pika.connect(amqp_url(ca.stack, first))
+    connection = await aio_pika.connect(amqp_url(ca.stack, second))
     await connection.close()
 
 
@@ -363,7 +398,7 @@ async def test_delete_revokes_and_removes_the_broker_user(
     tenant = await new_tenant()
     agent = await register(ca, tenant, tmp_path)
     answer = await _bootstrap(ca, agent)
-    live = await aio_pika.connect(amqp_url(answer))
+    live = await aio_pika.connect(amqp_url(ca.stack, answer))
     closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
     def on_close(_connection: object, reason: BaseException | None = None) -> None:
@@ -394,7 +429,7 @@ async def test_delete_revokes_and_removes_the_broker_user(
     status, _ = await management(ca, "GET", f"/api/users/{answer['username']}")
     assert status == 404
     with pytest.raises(aiormq.exceptions.AMQPConnectionError):
-        await aio_pika.connect(amqp_url(answer))
+        await aio_pika.connect(amqp_url(ca.stack, answer))
     assert (
         await db.fetchval("SELECT count(*) FROM agents WHERE id = $1", uuid.UUID(agent.agent_id))
         == 0
@@ -472,7 +507,7 @@ async def test_concurrent_bootstraps_leave_one_working_key(
     working = 0
     for answer in answers:
         try:
-            connection = await aio_pika.connect(amqp_url(answer))
+            connection = await aio_pika.connect(amqp_url(ca.stack, answer))
         except aiormq.exceptions.AMQPConnectionError:
             continue
         working += 1

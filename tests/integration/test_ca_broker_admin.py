@@ -11,12 +11,13 @@ import aio_pika
 import aiohttp
 import pytest
 import pytest_asyncio
+from yarl import URL
 
 from ca.broker_admin import RabbitManagement
 from ca.errors import BrokerUnavailable
-from common.contracts import TENANT_QUEUE_ARGUMENTS, VHOST, tenant_queue
+from common.contracts import REPLY_EXCHANGE, TENANT_QUEUE_ARGUMENTS, tenant_queue, tenant_vhost
 from infra.stack import Stack
-from tests.integration.test_ca_harness import management_call
+from tests.broker import drop_tenant, management_call
 
 pytestmark = pytest.mark.stack
 
@@ -30,34 +31,45 @@ async def broker(stack: Stack) -> AsyncIterator[RabbitManagement]:
             password=stack.demo.rabbitmq_admin_password,
             session=session,
             timeout_s=10,
+            sts_user=stack.demo.rabbitmq_sts_user,
         )
 
 
-async def test_tenant_queue_is_declared_once_with_the_contract_arguments(
+async def test_a_tenant_gets_its_own_vhost_queue_and_exchange_once(
     stack: Stack, broker: RabbitManagement
 ) -> None:
     tenant = str(uuid.uuid4())
+    vhost = tenant_vhost(tenant)
     assert await broker.consumer_count(tenant) is None
-    await broker.declare_tenant_queue(tenant)
-    await broker.declare_tenant_queue(tenant)  # idempotent
-    status, queue = await management_call(
-        stack, "GET", f"/api/queues/{VHOST}/{tenant_queue(tenant)}"
-    )
-    assert status == 200
-    assert queue["durable"] is True and queue["auto_delete"] is False
-    assert queue["arguments"] == TENANT_QUEUE_ARGUMENTS
-    assert await broker.consumer_count(tenant) == 0
-    await management_call(stack, "DELETE", f"/api/queues/{VHOST}/{tenant_queue(tenant)}")
+    try:
+        await broker.ensure_tenant(tenant)
+        await broker.ensure_tenant(tenant)  # idempotent
+        status, queue = await management_call(
+            stack, "GET", f"/api/queues/{vhost}/{tenant_queue(tenant)}"
+        )
+        assert status == 200
+        assert queue["durable"] is True and queue["auto_delete"] is False
+        assert queue["arguments"] == TENANT_QUEUE_ARGUMENTS
+        status, exchange = await management_call(
+            stack, "GET", f"/api/exchanges/{vhost}/{REPLY_EXCHANGE}"
+        )
+        assert status == 200 and exchange["type"] == "direct" and exchange["durable"] is True
+        status, queues = await management_call(stack, "GET", f"/api/queues/{vhost}")
+        assert [q["name"] for q in queues] == [tenant_queue(tenant)]  # nothing else in it
+        assert await broker.consumer_count(tenant) == 0
+    finally:
+        await drop_tenant(stack, tenant)
 
 
 async def test_agent_user_create_rotate_delete(stack: Stack, broker: RabbitManagement) -> None:
     tenant, username = str(uuid.uuid4()), f"agent-{uuid.uuid4()}"
     first, second = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    await broker.ensure_tenant(tenant)
     await broker.put_agent_user(username, first, tenant)
     status, user = await management_call(stack, "GET", f"/api/users/{username}")
     assert status == 200 and user["tags"] in ("", [])
     status, permissions = await management_call(
-        stack, "GET", f"/api/permissions/{VHOST}/{username}"
+        stack, "GET", f"/api/permissions/{tenant_vhost(tenant)}/{username}"
     )
     assert status == 200
     assert (permissions["configure"], permissions["write"], permissions["read"]) == (
@@ -66,13 +78,14 @@ async def test_agent_user_create_rotate_delete(stack: Stack, broker: RabbitManag
         rf"^pta\.tenant\.{tenant}$",
     )
     await broker.put_agent_user(username, second, tenant)  # rotation
-    port = stack.layout.ports.amqp
-    connection = await aio_pika.connect(f"amqp://{username}:{second}@127.0.0.1:{port}/{VHOST}")
+    url = URL(stack.rabbitmq.admin_url(tenant_vhost(tenant)))
+    connection = await aio_pika.connect(str(url.with_user(username).with_password(second)))
     await connection.close()
     await broker.delete_user(username)
     await broker.delete_user(username)  # deleting a missing user is fine
     status, _ = await management_call(stack, "GET", f"/api/users/{username}")
     assert status == 404
+    await drop_tenant(stack, tenant)
 
 
 async def test_hostile_tenant_ids_never_reach_the_broker(broker: RabbitManagement) -> None:
@@ -80,7 +93,7 @@ async def test_hostile_tenant_ids_never_reach_the_broker(broker: RabbitManagemen
         with pytest.raises(ValueError):
             await broker.put_agent_user("agent-x", "key", hostile)
         with pytest.raises(ValueError):
-            await broker.declare_tenant_queue(hostile)
+            await broker.ensure_tenant(hostile)
 
 
 async def test_failures_to_ask_are_broker_unavailable(stack: Stack) -> None:
@@ -93,7 +106,7 @@ async def test_failures_to_ask_are_broker_unavailable(stack: Stack) -> None:
             timeout_s=5,
         )
         with pytest.raises(BrokerUnavailable) as caught:
-            await wrong_password.declare_tenant_queue(str(uuid.uuid4()))
+            await wrong_password.ensure_tenant(str(uuid.uuid4()))
         assert "401" in caught.value.detail and "wrong" not in str(caught.value)
         nobody = RabbitManagement(
             base_url="http://127.0.0.1:9", user="u", password="p", session=session, timeout_s=2

@@ -42,6 +42,7 @@ from common import pki
 from common.contracts import ADMIN_ROLE, CA_AUDIENCE
 from common.tls import client_context, server_context
 from infra.stack import Stack
+from tests.broker import management_call
 
 STS_URL = "https://sts.ca-tests.invalid"
 STS_KID = "ca-test-key-1"
@@ -424,23 +425,15 @@ def issue_cert(
     return cert_file, key_file, cert
 
 
-def amqp_url(answer: dict[str, Any], access_key: str | None = None) -> str:
-    """The agent's AMQP URL: the bootstrap answer's URL with its credentials."""
+def amqp_url(stack: Stack, answer: dict[str, Any], access_key: str | None = None) -> str:
+    """The agent's AMQP URL: the bootstrap answer's URL with its credentials and vhost,
+    verified with the stack's service TLS CA (the bundle a registered agent pins)."""
     parts = urlsplit(answer["amqp_url"])
     key = quote(access_key or answer["access_key"], safe="")
-    return f"{parts.scheme}://{quote(answer['username'], safe='')}:{key}@{parts.netloc}{parts.path}"
-
-
-async def management_call(stack: Stack, method: str, path: str) -> tuple[int, Any]:
-    """One call to the RabbitMQ management API as the admin (to observe the broker)."""
-    raw = f"{stack.demo.rabbitmq_admin_user}:{stack.demo.rabbitmq_admin_password}"
-    headers = {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
-    async with aiohttp.ClientSession() as http:
-        async with http.request(
-            method, stack.rabbitmq.management_url + path, headers=headers
-        ) as resp:
-            body = await resp.json() if resp.content_type == "application/json" else None
-            return resp.status, body
+    return (
+        f"{parts.scheme}://{quote(answer['username'], safe='')}:{key}@{parts.netloc}"
+        f"/{quote(answer['vhost'], safe='')}?cafile={quote(str(stack.pki.service_ca_cert))}"
+    )
 
 
 async def management(ca: CaServer, method: str, path: str) -> tuple[int, Any]:

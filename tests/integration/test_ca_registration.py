@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.broker_admin import RabbitManagement
 from common import pki
-from common.contracts import CA_AUDIENCE, tenant_queue
+from common.contracts import CA_AUDIENCE, tenant_queue, tenant_vhost
 from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used by name
     STS_KID,
     CaServer,
@@ -246,7 +246,9 @@ async def test_register_issues_the_certificate_of_the_design(
     assert bytes(row["spki"]) == pki.spki_der(cert.public_key())
     assert row["cert_not_after"] == cert.not_valid_after_utc
     # The cloud side declared the tenant queue, durable, with the contract's arguments.
-    status, queue = await management(ca, "GET", f"/api/queues/pta/{tenant_queue(tenant)}")
+    status, queue = await management(
+        ca, "GET", f"/api/queues/{tenant_vhost(tenant)}/{tenant_queue(tenant)}"
+    )
     assert status == 200 and queue["durable"] is True
     assert queue["arguments"]["x-overflow"] == "reject-publish"
 

@@ -2,9 +2,10 @@
 
 Agents here are the REAL `agent.consumer.SignInHandler` with `agent.directory.FakeDirectory`
 (tests may import both packages; `sts` never imports `agent`), consuming a throwaway
-tenant's queue through the stack's admin AMQP URL, so the stack's own registered agents
-never see these requests. Each tenant is inserted directly in a private database: tenant,
-verified domain, synced users and agent rows with freshly generated RSA keys.
+tenant's queue (in the tenant's own vhost, made as the CA makes it) through the stack's
+admin AMQP URL, so the stack's own registered agents never see these requests. Each
+tenant is inserted directly in a private database: tenant, verified domain, synced users
+and agent rows with freshly generated RSA keys.
 
 `signin_sts` runs the STS app in-process (aiohttp TestServer) against a given database
 and the stack's RabbitMQ, waiting until its LISTEN connection and broker link are up; two
@@ -35,12 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from agent.consumer import SignInHandler
 from agent.directory import FakeDirectory
-from common.contracts import (
-    REPLY_EXCHANGE,
-    TENANT_QUEUE_ARGUMENTS,
-    TENANT_QUEUE_DURABLE,
-    tenant_queue,
-)
+from common.contracts import REPLY_EXCHANGE, tenant_queue
 from common.envelope import kid_for
 from common.wire import Status
 from infra.stack import Stack
@@ -48,6 +44,7 @@ from sts.agent_keys import AGENT_KEYS
 from sts.app import create_app
 from sts.dispatcher import DISPATCHER, Dispatcher
 from sts.settings import StsSettings
+from tests.broker import admin_url, drop_tenant, ensure_tenant, sts_user
 from tests.integration.test_sts_harness import free_port, new_signing_dir, private_database
 
 pytestmark = pytest.mark.stack
@@ -139,7 +136,7 @@ async def create_tenant(
 
 
 def handler_for(
-    agent: AgentIdentity, directory: FakeDirectory, exchange: AbstractExchange
+    agent: AgentIdentity, directory: FakeDirectory, exchange: AbstractExchange, publisher: str
 ) -> SignInHandler:
     return SignInHandler(
         agent_id=agent.id,
@@ -148,6 +145,7 @@ def handler_for(
         private_key=agent.key,
         directory=directory,
         exchange=exchange,
+        publisher=publisher,
     )
 
 
@@ -175,19 +173,16 @@ async def consuming(
     `wrap(handler, exchange)` may replace each agent's consumer (forgers, silent agents).
     """
     directory = directory if directory is not None else FakeDirectory(users=tenant.users)
-    connection = await aio_pika.connect(stack.rabbitmq.amqp_url)
+    await ensure_tenant(stack, tenant.id)  # what the CA does at the first registration
+    connection = await aio_pika.connect(admin_url(stack, tenant.id))
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.declare_queue(
-            tenant_queue(tenant.id),
-            durable=TENANT_QUEUE_DURABLE,
-            arguments=dict(TENANT_QUEUE_ARGUMENTS),
-        )
+        queue = await channel.get_queue(tenant_queue(tenant.id), ensure=True)
         exchange = await channel.get_exchange(REPLY_EXCHANGE)
         handlers = []
         for agent in agents if agents is not None else tenant.agents:
-            handler = handler_for(agent, directory, exchange)
+            handler = handler_for(agent, directory, exchange, sts_user(stack))
             handlers.append(handler)
             await queue.consume(wrap(handler, exchange) if wrap else handler)
         yield Consumers(channel, exchange, handlers)
@@ -196,12 +191,8 @@ async def consuming(
 
 
 async def delete_queue(stack: Stack, tenant_id: str) -> None:
-    connection = await aio_pika.connect(stack.rabbitmq.amqp_url)
-    try:
-        channel = await connection.channel()
-        await channel.queue_delete(tenant_queue(tenant_id))
-    finally:
-        await connection.close()
+    """Delete the tenant's vhost, with its queue and exchange."""
+    await drop_tenant(stack, tenant_id)
 
 
 @dataclass
@@ -260,7 +251,7 @@ def signin_settings(stack: Stack, folder: Path, dsn: str, **overrides: Any) -> S
         port=port,
         postgres_dsn=dsn,
         signing_key_dir=new_signing_dir(folder / f"signing-{port}"),
-        amqp_url=stack.rabbitmq.amqp_url,
+        amqp_url=stack.rabbitmq.sts_amqp_url,
         **options,
     )
 

@@ -82,13 +82,14 @@ async def test_a_lost_broker_connection_fails_pending_sign_ins_at_once(
         try:
             async with signin_sts(stack, tmp_path, dsn, request_timeout_s=10) as sts:
                 dispatcher = sts.dispatcher
-                name = await connection_named(stack, dispatcher.reply_key)
                 async with consuming(stack, tenant, wrap=silent):
                     pending = asyncio.create_task(
                         sts.sign_in(tenant, tenant.username("kim"), "Pw-1")
                     )
                     async with asyncio.timeout(5):
                         await taken.wait()
+                    # The tenant's link opened for this sign-in (one per tenant vhost).
+                    name = await connection_named(stack, dispatcher.reply_key)
                     started = time.monotonic()
                     await management(stack, "DELETE", f"/api/connections/{quote(name, safe='')}")
                     status, body = await pending
@@ -140,7 +141,7 @@ async def test_an_unreachable_broker_does_not_stop_the_sts(stack: Stack, tmp_pat
     async with private_database(stack) as dsn:
         tenant = await create_tenant(dsn, agents=1, users={"lee": ("Pw-1", Status.SUCCESS)})
         settings = signin_settings(stack, tmp_path, dsn).model_copy(
-            update={"amqp_url": "amqp://nobody:nothing@127.0.0.1:1/pta"}
+            update={"amqp_url": "amqp://nobody:nothing@127.0.0.1:1"}
         )
         server = TestServer(create_app(settings), port=settings.port)
         await server.start_server()

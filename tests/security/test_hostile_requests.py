@@ -1,10 +1,12 @@
 """Hostile requests against the running stack's agents and STS (issue: sign-in path).
 
 Real sealed envelopes are published straight to a tenant queue, as a compromised cloud
-component or a replaying attacker with broker access could: a replayed request is
-answered once, an expired one never, and slapd's own failure counter (pwdFailureTime)
-proves that no bind happened for them. Hostile usernames at the token endpoint get a
-clean OAuth error, never a success and never a server error.
+component or a replaying attacker with broker access could. Published with the STS's own
+broker credential (the trust boundary: docs/architecture.md, "Broker"), a replayed request
+is answered at most once per agent and an expired one never; published by any other broker
+user (the administrator, say), a copy reaches no agent's directory at all. slapd's own
+failure counter (pwdFailureTime) proves that no bind happened for them. Hostile usernames
+at the token endpoint get a clean OAuth error, never a success and never a server error.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from common import envelope, wire
 from common.contracts import REPLY_EXCHANGE, tenant_queue
 from infra import ldif
 from infra.stack import Stack
+from tests.broker import admin_url, sts_url, sts_user
 from tests.e2e.support import password_grant
 
 pytestmark = pytest.mark.stack
@@ -61,13 +64,14 @@ async def test_replayed_and_expired_requests_are_never_bound(stack: Stack) -> No
     assert len(recipients) == 3
     before = await asyncio.to_thread(_failures, stack, dn)
 
-    conn = await aio_pika.connect(stack.amqp_url)
+    conn = await aio_pika.connect(sts_url(stack, tenant.id))
     try:
         ch = await conn.channel()
         # Exclusive (gone with the connection), not auto-delete: it outlives each consumer.
-        replies = await ch.declare_queue(exclusive=True)
+        # Named as the STS's reply queues are: the only queues its broker user may declare.
+        replies = await ch.declare_queue(f"sts.pytest.{uuid.uuid4().hex[:12]}", exclusive=True)
         exchange = await ch.get_exchange(REPLY_EXCHANGE)
-        reply_key = f"test.{uuid.uuid4().hex}"
+        reply_key = replies.name
         await replies.bind(exchange, routing_key=reply_key)
 
         def sealed(expires_in_s: float) -> wire.RequestEnvelope:
@@ -85,7 +89,11 @@ async def test_replayed_and_expired_requests_are_never_bound(stack: Stack) -> No
 
         async def publish(env: wire.RequestEnvelope) -> None:
             message = wire.request_message(
-                env, reply_to=reply_key, correlation_id=env.request_id, expiration_s=10
+                env,
+                reply_to=reply_key,
+                correlation_id=env.request_id,
+                expiration_s=10,
+                publisher=sts_user(stack),
             )
             await ch.default_exchange.publish(message, routing_key=tenant_queue(tenant.id))
 
@@ -126,6 +134,75 @@ async def test_replayed_and_expired_requests_are_never_bound(stack: Stack) -> No
     # The directory saw one failed bind per answer, not eight: the expired request and
     # every replay an agent recognised were never bound.
     assert after - before == len(answers), (before, after, len(answers))
+
+
+def _dropped(stack: Stack, tenant_domain: str) -> int:
+    """``request_not_from_sts`` lines in the logs of the tenant's running agents."""
+    prefix = f"agent-{tenant_domain.split('.')[0]}-"
+    total = 0
+    for log in stack.layout.logs_dir.glob(f"{prefix}*.log"):
+        total += sum(1 for line in log.read_text(errors="replace").splitlines()
+                     if '"request_not_from_sts"' in line)  # fmt: skip
+    return total
+
+
+async def test_a_copy_published_by_another_broker_user_reaches_no_directory(
+    stack: Stack,
+) -> None:
+    """Issue 8, finding 4: replay caches are per agent process, so a copy of a request
+    re-published to the tenant queue would be validated once by each agent. Only the STS's
+    broker user can publish a request that names it (AMQP user_id, checked by RabbitMQ);
+    agents drop every other, before any decryption or bind."""
+    tenant = stack.demo.tenants[0]
+    uid = tenant.bulk_uid(861)
+    dn = ldif.user_dn(tenant, uid)
+    recipients = await _recipients(stack, tenant.id)
+    before = await asyncio.to_thread(_failures, stack, dn)
+    dropped_before = _dropped(stack, tenant.domain)
+
+    sts = await aio_pika.connect(sts_url(stack, tenant.id))  # to see any reply
+    admin = await aio_pika.connect(admin_url(stack, tenant.id))  # the copier
+    try:
+        ch = await sts.channel()
+        replies = await ch.declare_queue(f"sts.pytest.{uuid.uuid4().hex[:12]}", exclusive=True)
+        await replies.bind(await ch.get_exchange(REPLY_EXCHANGE), routing_key=replies.name)
+        now = time.time()
+        copy = envelope.seal(
+            password="wrong-password-for-this-test",
+            reply_key=envelope.new_reply_key(),
+            recipients=recipients,  # type: ignore[arg-type]
+            request_id=str(uuid.uuid4()),
+            tenant_id=tenant.id,
+            username=f"{uid}@{tenant.domain}",
+            issued_at=now,
+            expires_at=now + 10,
+        )
+        admin_channel = await admin.channel()
+        body = wire.encode_request(copy)
+        copies = [
+            # No user_id at all, and the admin's own (the broker allows naming oneself).
+            aio_pika.Message(body, reply_to=replies.name, correlation_id=copy.request_id),
+            aio_pika.Message(
+                body,
+                reply_to=replies.name,
+                correlation_id=copy.request_id,
+                user_id=stack.demo.rabbitmq_admin_user,
+            ),
+        ] * 3  # more copies than the tenant has agents
+        for message in copies:
+            await admin_channel.default_exchange.publish(
+                message, routing_key=tenant_queue(tenant.id)
+            )
+        async with asyncio.timeout(20):
+            # Each agent logs the drop: remote processes, no event to await but their logs.
+            while _dropped(stack, tenant.domain) - dropped_before < len(copies):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        assert await replies.get(fail=False) is None  # no agent answered a copy
+    finally:
+        await admin.close()
+        await sts.close()
+    after = await asyncio.to_thread(_failures, stack, dn)
+    assert after == before, (before, after)  # and the directory saw no bind
 
 
 HOSTILE_USERNAMES = [

@@ -56,10 +56,12 @@ async def test_a_marked_password_appears_nowhere(stack: Stack) -> None:
 
     mgmt = stack.rabbitmq.management_url
     async with aiohttp.ClientSession(headers=_mgmt_headers(stack)) as http:
-        async with http.get(f"{mgmt}/api/queues/pta") as r:
+        async with http.get(f"{mgmt}/api/queues") as r:  # every vhost: one per tenant
             queues = await r.json()
+        assert queues  # the tenants' queues are there to be searched
         for q in queues:
-            url = f"{mgmt}/api/queues/pta/{quote(q['name'], safe='')}/get"
+            vhost, name = quote(q["vhost"], safe=""), quote(q["name"], safe="")
+            url = f"{mgmt}/api/queues/{vhost}/{name}/get"
             body = {"count": 1000, "ackmode": "ack_requeue_true", "encoding": "auto"}
             async with http.post(url, json=body) as r:
                 messages = await r.json() if r.status == 200 else []

@@ -96,6 +96,7 @@ def test_bootstrap_answer_keeps_the_access_key_out_of_reprs() -> None:
             "access_key": "key-marker-123",
             "queue": "pta.tenant.t",
             "reply_exchange": "pta.replies",
+            "publisher": "pta-sts",
             "expires_at": 1_900_000_000,
             "agent_id": "a",
             "tenant_id": "t",

@@ -40,6 +40,7 @@ NOW = 1_800_000_000.0
 TENANT_ID = str(uuid.uuid4())
 AGENT_ID = str(uuid.uuid4())
 REPLY_TO = "sts.instance.7f3a"
+PUBLISHER = "pta-sts"  # the STS's broker user, as the bootstrap answer names it
 USERNAME = "alice@contoso.test"
 PASSWORD = "Pw-correct-horse-7Zq!"  # the marker searched for in logs and replies
 
@@ -74,6 +75,7 @@ class FakeDelivery:
     correlation_id: str | None = None
     message_id: str | None = None
     redelivered: bool = False
+    user_id: str | None = PUBLISHER
     headers: dict[str, object] = field(default_factory=dict)
     settled: list[str] = field(default_factory=list)
 
@@ -143,6 +145,7 @@ def _rig(keys: Keys, directory: Directory) -> Rig:
         private_key=keys.private,
         directory=directory,
         exchange=capture,
+        publisher=PUBLISHER,
         clock=clock,
     )
     return Rig(handler, cast(FakeDirectory, directory), capture, clock, keys)
@@ -338,6 +341,29 @@ async def test_redelivered_message_is_dropped(rig: Rig, logs: Events) -> None:
     assert rig.capture.sent == [] and rig.directory.calls == []
     assert delivery.settled == ["reject"]
     assert _events(logs, "request_redelivered")
+
+
+@pytest.mark.parametrize("user_id", [None, "", "pta-admin", "agent-x", "pta-sts2"])
+async def test_a_request_not_published_by_the_sts_is_dropped_unread(
+    rig: Rig, logs: Events, user_id: str | None
+) -> None:
+    """Only the STS's broker user may name itself as a request's user_id (the broker
+    checks it), so a copy published by anyone else reaches no directory."""
+    envelope, _ = _request(rig.keys)
+    delivery = _delivery(envelope, user_id=user_id)
+    await _handle(rig, delivery)
+    assert rig.capture.sent == [] and rig.directory.calls == []
+    assert delivery.settled == ["reject"]
+    assert rig.handler.counts["not_from_sts"] == 1
+    assert _events(logs, "request_not_from_sts")
+
+
+async def test_a_handler_without_a_publisher_yet_handles_nothing(agent_keys: Keys) -> None:
+    rig = _rig(agent_keys, FakeDirectory(users={USERNAME: (PASSWORD, Status.SUCCESS)}))
+    rig.handler.publisher = ""
+    envelope, _ = _request(agent_keys)
+    await _handle(rig, _delivery(envelope))
+    assert rig.capture.sent == [] and rig.directory.calls == []
 
 
 async def test_request_for_another_tenant_is_refused(rig: Rig) -> None:

@@ -16,7 +16,12 @@ import structlog
 from structlog.testing import capture_logs
 
 from agent import runner
-from agent.broker import BrokerUnreachable, broker_url
+from agent.broker import (
+    BrokerUnreachable,
+    PlaintextBrokerRefused,
+    broker_url,
+    check_transport,
+)
 from agent.cloud import AgentNotFound, BrokerGrant, CaClient, HeartbeatAnswer
 from agent.directory import DirectoryMisconfigured, DirectoryUnavailable, FakeDirectory
 from agent.heartbeat import Health, HeartbeatStatus, heartbeat_loop
@@ -43,6 +48,7 @@ def grant_for(issued: Issued, *, lifetime_s: float = 3600, **changes: Any) -> Br
         "access_key": "k-marker",
         "queue": tenant_queue(issued.tenant_id),
         "reply_exchange": "pta.replies",
+        "publisher": "pta-sts",
         "expires_at": time.time() + lifetime_s,
         "agent_id": issued.agent_id,
         "tenant_id": issued.tenant_id,
@@ -80,6 +86,34 @@ def test_broker_url_carries_credentials_and_encoded_vhost() -> None:
     assert (url.scheme, url.host, url.port) == ("amqps", "broker.test", 5671)
     assert url.user == f"agent-{issued.agent_id}" and url.password == "p@ss:/w"
     assert url.raw_path == "/a%2Fb"
+
+
+@pytest.mark.parametrize(
+    ("amqp_url", "allow_plaintext", "is_refused"),
+    [
+        ("amqps://broker.example:5671", False, False),
+        ("amqp://127.0.0.1:5672", False, False),
+        ("amqp://127.9.9.9:5672", False, False),
+        ("amqp://[::1]:5672", False, False),
+        ("amqp://localhost:5672", False, False),
+        ("amqp://broker.example:5672", False, True),
+        ("amqp://10.0.0.7:5672", False, True),
+        ("amqp://localhost.evil.example:5672", False, True),
+        ("http://127.0.0.1:5672", False, True),
+        ("amqp://broker.example:5672", True, False),
+    ],
+)
+def test_plain_amqp_only_to_loopback_unless_allowed(
+    amqp_url: str, allow_plaintext: bool, is_refused: bool
+) -> None:
+    grant = grant_for(issue(), amqp_url=amqp_url)
+    if not is_refused:
+        check_transport(grant, allow_plaintext=allow_plaintext)
+        return
+    with pytest.raises(PlaintextBrokerRefused) as caught:
+        check_transport(grant, allow_plaintext=allow_plaintext)
+    assert "PTA_AGENT_ALLOW_PLAINTEXT_AMQP" in str(caught.value)
+    assert "k-marker" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------- heartbeat
@@ -320,6 +354,7 @@ class HeldMessage:
         self.correlation_id = None
         self.message_id = None
         self.redelivered = False
+        self.user_id = "pta-sts"  # the grant's publisher
         self.processed = False
         self.settled: list[str] = []
 

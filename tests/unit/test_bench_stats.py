@@ -331,7 +331,8 @@ def _stack_doc(ca_bundle: Path, sts_url: str) -> dict[str, object]:
         "sts_url": sts_url,
         "ca_bundle": str(ca_bundle),
         "servers": {
-            "amqp_url": "amqp://u:p@127.0.0.1:1/pta",
+            "amqp_url": "amqps://u:p@127.0.0.1:1",
+            "amqp_sts_url": "amqps://pta-sts:p@127.0.0.1:1",
             "amqp_management_url": "http://127.0.0.1:2",
             "ldap_url": "ldap://127.0.0.1:3",
         },

@@ -26,14 +26,14 @@ KID = kid_for(KEY.public_key())
 OTHER_KID = kid_for(rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key())
 
 
-def request(reply_key: bytes | None = None) -> DispatchRequest:
+def request(reply_key: bytes | None = None, tenant_id: str = TENANT) -> DispatchRequest:
     key = reply_key or new_reply_key()
     env = seal(
         password="pw",
         reply_key=key,
         recipients=[(KID, KEY.public_key())],
         request_id=str(uuid.uuid4()),
-        tenant_id=TENANT,
+        tenant_id=tenant_id,
         username="alice@contoso.test",
         issued_at=1000.0,
         expires_at=1010.0,
@@ -86,6 +86,21 @@ async def test_channel_close_fails_every_pending_future() -> None:
             await entry.future
     await asyncio.sleep(0)
     assert len(pending) == 0
+
+
+async def test_one_tenants_link_closing_fails_only_that_tenants_requests() -> None:
+    """One link per tenant vhost: a closed channel fails its own tenant's waits at once
+    and leaves the other tenants' requests pending."""
+    pending = PendingReplies()
+    other = str(uuid.uuid4())
+    mine = [pending.add(request()) for _ in range(2)]
+    theirs = pending.add(request(tenant_id=other))
+    assert pending.fail_all(ChannelLost(), tenant_id=TENANT) == 2
+    for entry in mine:
+        with pytest.raises(ChannelLost):
+            await entry.future
+    assert not theirs.future.done() and theirs.request_id in pending
+    theirs.future.cancel()
 
 
 async def test_a_request_id_is_pending_once() -> None:

@@ -295,6 +295,8 @@ def test_extra_listen_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
         ({"extra_listen": "127.0.0.1"}, "PTA_STS_EXTRA_LISTEN: '127.0.0.1' is not host:port"),
         ({"extra_listen": "h:99999"}, "PTA_STS_EXTRA_LISTEN"),
         ({"amqp_url": "http://x/pta"}, "PTA_STS_AMQP_URL: must be an amqp://"),
+        ({"amqp_url": "amqps://sts:pw@h:1/pta"}, "PTA_STS_AMQP_URL: must name no vhost"),
+        ({"amqp_url": "amqps://h:1"}, "PTA_STS_AMQP_URL: must name the STS's broker user"),
         ({"instance_id": "a b"}, "PTA_STS_INSTANCE_ID: must be 1 to 64"),
         ({"request_timeout_s": 0}, "PTA_STS_REQUEST_TIMEOUT_S"),
         ({"request_timeout_s": 121}, "PTA_STS_REQUEST_TIMEOUT_S"),
@@ -323,7 +325,7 @@ def test_bad_sign_in_settings_are_named(tmp_path: Path, env: dict[str, Any], exp
 
 
 def test_secret_settings_do_not_show(tmp_path: Path) -> None:
-    s = make_settings(tmp_path, lockout_secret="s" * 40, amqp_url="amqp://u:pw@h:1/pta")
+    s = make_settings(tmp_path, lockout_secret="s" * 40, amqp_url="amqps://u:pw@h:1")
     assert "s" * 40 not in repr(s)
 
 

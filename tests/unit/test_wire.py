@@ -284,7 +284,11 @@ def test_encode_reply_refuses_what_the_sts_would_refuse() -> None:
 def test_request_message_properties() -> None:
     env = make_request()
     message = wire.request_message(
-        env, reply_to="sts.instance-1", correlation_id=REQUEST_ID, expiration_s=10.0
+        env,
+        reply_to="sts.instance-1",
+        correlation_id=REQUEST_ID,
+        expiration_s=10.0,
+        publisher="pta-sts",
     )
     assert wire.decode_request(message.body) == env
     assert message.content_type == "application/json"
@@ -293,6 +297,7 @@ def test_request_message_properties() -> None:
     assert message.reply_to == "sts.instance-1"
     assert message.expiration == 10.0
     assert message.delivery_mode == aio_pika.DeliveryMode.NOT_PERSISTENT
+    assert message.user_id == "pta-sts"  # the broker checks it against the connection
 
 
 @pytest.mark.parametrize(
@@ -306,6 +311,7 @@ def test_request_message_refuses_broken_contract(correlation_id: str, expiration
             reply_to="sts.instance-1",
             correlation_id=correlation_id,
             expiration_s=expiration_s,
+            publisher="pta-sts",
         )
 
 
@@ -361,12 +367,22 @@ def test_the_trace_id_travels_in_a_header_and_only_when_well_formed() -> None:
     )
     trace = str(_uuid.uuid4())
     message = wire.request_message(
-        env, reply_to="r", correlation_id=env.request_id, expiration_s=5, trace_id=trace
+        env,
+        reply_to="r",
+        correlation_id=env.request_id,
+        expiration_s=5,
+        publisher="p",
+        trace_id=trace,
     )
     assert message.headers == {wire.TRACE_HEADER: trace}
     assert message.correlation_id == env.request_id  # the request id stays the STS's own
     for hostile in ("x" * 65, "a b", "<script>", "line\nbreak", ""):
         m = wire.request_message(
-            env, reply_to="r", correlation_id=env.request_id, expiration_s=5, trace_id=hostile
+            env,
+            reply_to="r",
+            correlation_id=env.request_id,
+            expiration_s=5,
+            publisher="p",
+            trace_id=hostile,
         )
         assert not m.headers
