@@ -166,6 +166,14 @@ class SignInHandler:
         self._keys[kid] = private_key
         self.kid = kid
 
+    def accept_key(self, kid: str, private_key: RSAPrivateKey) -> None:
+        """Also open requests sealed for ``kid``, without making it the current key: a
+        renewal's new key, from just before the CA switches the agent (the STS seals for
+        it as soon as the CA has committed) until ``use_key``."""
+        if not _KID_RE.match(kid):
+            raise ValueError("kid must be base64url SHA-256 of the SPKI (envelope.kid_for)")
+        self._keys[kid] = private_key
+
     def forget_key(self, kid: str) -> None:
         """Drop a previous key (never the current one)."""
         if kid != self.kid:
@@ -259,8 +267,12 @@ class SignInHandler:
         except EnvelopeError as exc:  # KeyNotFound, DecryptFailed: no reply key, no MAC
             verdict = Verdict(exc.status, str(exc))
             return await self._reply(message, envelope, verdict, started, reply_key=None)
+        # The reply names the key that opened the request: the STS believes a reply only
+        # from a kid the envelope was sealed for (old or new around a renewal).
         verdict = await self._validate(envelope, opened.password)
-        return await self._reply(message, envelope, verdict, started, reply_key=opened.reply_key)
+        return await self._reply(
+            message, envelope, verdict, started, reply_key=opened.reply_key, kid=kid
+        )
 
     async def _validate(self, envelope: RequestEnvelope, password: str) -> Verdict:
         """Ask the directory, within the request's deadline; faults become verdicts."""
@@ -290,8 +302,10 @@ class SignInHandler:
         started: float,
         *,
         reply_key: bytes | None,
+        kid: str | None = None,
     ) -> bool:
-        """Publish the reply (MAC'd when ``reply_key`` is known) and log the summary."""
+        """Publish the reply (MAC'd when ``reply_key`` is known) and log the summary;
+        ``kid`` is the key that opened the request (default: the current one)."""
         elapsed_ms = round(min((time.perf_counter() - started) * 1000, _MAX_ELAPSED_MS), 3)
         mac = (
             reply_mac(reply_key, envelope.request_id, self.agent_id, verdict.status)
@@ -299,7 +313,7 @@ class SignInHandler:
             else ""  # only the UNAUTHENTICATED_STATUSES reach here without the key
         )
         is_sent = await self._publish(
-            message.reply_to or "", envelope.request_id, verdict, elapsed_ms, mac=mac
+            message.reply_to or "", envelope.request_id, verdict, elapsed_ms, mac=mac, kid=kid
         )
         self.counts[str(verdict.status)] += 1
         log.info(
@@ -344,14 +358,21 @@ class SignInHandler:
         return False
 
     async def _publish(
-        self, reply_to: str, request_id: str, verdict: Verdict, elapsed_ms: float, *, mac: str
+        self,
+        reply_to: str,
+        request_id: str,
+        verdict: Verdict,
+        elapsed_ms: float,
+        *,
+        mac: str,
+        kid: str | None = None,
     ) -> bool:
         """Publish one reply to ``pta.replies``; False (logged) when it could not be."""
         reply = Reply(
             v=WIRE_VERSION,
             request_id=request_id,
             agent_id=self.agent_id,
-            kid=self.kid,
+            kid=kid or self.kid,
             status=verdict.status,
             detail=verdict.detail[:MAX_DETAIL_CHARS],
             elapsed_ms=elapsed_ms,

@@ -64,8 +64,12 @@ async def renew(
     *,
     now: dt.datetime,
     checkpoint: Callable[[Step], None] = _no_checkpoint,
+    on_new_key: Callable[[str, rsa.RSAPrivateKey], None] | None = None,
 ) -> tuple[state.Registration, rsa.RSAPrivateKey]:
     """Renew the agent's certificate; returns the new registration and its key.
+
+    ``on_new_key(kid, key)`` is called before the CA is asked: from the CA's commit on,
+    the STS seals requests for the new key, while the files are still being written here.
 
     Raises RenewalInProgress (come back after ``retry_after_s``), AgentGone (the cloud
     no longer accepts the current certificate), RenewalAnswerInvalid, StateError, other
@@ -81,6 +85,8 @@ async def renew(
         log.info("renewal_resumed")
     checkpoint(Step.KEY_WRITTEN)
     csr = pki.csr_pem(pki.new_agent_csr(key))
+    if on_new_key is not None:
+        on_new_key(pki.spki_sha256_kid(key.public_key()), key)
     try:
         answer = await ca.renew(csr)
     except RenewalReplayed:

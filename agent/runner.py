@@ -424,7 +424,9 @@ async def _renew_now(ca: CaClient, settings: Settings, current: _Current) -> Non
         assert current.registration is not None and current.handler is not None
         old = current.registration
         try:
-            renewed, key = await renewal.renew(ca, old, now=dt.datetime.now(dt.UTC))
+            renewed, key = await renewal.renew(
+                ca, old, now=dt.datetime.now(dt.UTC), on_new_key=current.handler.accept_key
+            )
         except RenewalInProgress as exc:
             delay = exc.retry_after_s * _jitter.uniform(1.0, 1.5)
             current.renew_not_before = time.monotonic() + delay

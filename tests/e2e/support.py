@@ -141,7 +141,8 @@ async def register_agent(stack: Stack, token: str, folder: Path) -> RegisteredAg
 
 
 async def bootstrap_agent(stack: Stack, agent: RegisteredAgent) -> str:
-    """The agent's broker URL with its credentials, from the real CA over mutual TLS."""
+    """The agent's broker URL with its credentials and its tenant's vhost, from the real CA
+    over mutual TLS (AMQPS verified against the stack's service CA)."""
     context = ssl.create_default_context(cafile=stack_doc(stack)["ca_bundle"])
     context.load_cert_chain(agent.cert_file, agent.key_file)
     async with aiohttp.ClientSession() as http:
@@ -152,7 +153,9 @@ async def bootstrap_agent(stack: Stack, agent: RegisteredAgent) -> str:
             assert r.status == 200, answer
     parts = urlsplit(answer["amqp_url"])
     user, key = quote(answer["username"], safe=""), quote(answer["access_key"], safe="")
-    return f"{parts.scheme}://{user}:{key}@{parts.netloc}{parts.path}"
+    vhost = quote(answer["vhost"], safe="")
+    cafile = quote(stack_doc(stack)["ca_bundle"])
+    return f"{parts.scheme}://{user}:{key}@{parts.netloc}/{vhost}?cafile={cafile}"
 
 
 async def delete_agent(stack: Stack, token: str, agent_id: str) -> None:

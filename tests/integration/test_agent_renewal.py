@@ -40,12 +40,14 @@ from agent.settings import load_settings
 from agent.signin import PasswordLogin
 from common import logs
 from common.contracts import ADMIN_ROLE, REPLY_EXCHANGE, tenant_queue
-from common.envelope import new_reply_key, seal, verify_reply
+from common.envelope import new_reply_key, seal
 from common.tls import client_context
 from common.wire import Status, decode_reply, request_message
 from infra.stack import Stack
 from sts.agent_keys import AgentKeys
+from sts.dispatcher import ReplyCheck, check_reply
 from sts.queries import Database
+from tests.broker import admin_url, sts_url, sts_user
 from tests.integration.test_agent_runner import Broker, directory_overrides
 
 pytestmark = pytest.mark.stack
@@ -88,7 +90,7 @@ async def tenant(stack: Stack) -> AsyncIterator[Tenant]:
         yield Tenant(tenant_id, admin, folder)
     finally:
         cleanup = Broker(stack)
-        cleanup.queues.append(tenant_queue(tenant_id))
+        cleanup.tenants.append(tenant_id)
         await cleanup.cleanup()
         for row in await conn.fetch(
             "SELECT id::text FROM agents WHERE tenant_id = $1", uuid.UUID(tenant_id)
@@ -181,10 +183,18 @@ class SignIns:
     """Sign-ins sealed as the STS seals them: for every key of the tenant in the cache."""
 
     def __init__(
-        self, connection: aio_pika.abc.AbstractConnection, keys: AgentKeys, tenant_id: str
+        self,
+        connection: aio_pika.abc.AbstractConnection,
+        keys: AgentKeys,
+        tenant_id: str,
+        publisher: str,
     ):
+        """``connection`` is the STS's broker user's on the tenant's vhost (``sts_url``),
+        ``publisher`` that user's name: agents handle only what it publishes."""
         self.connection, self.keys, self.tenant_id = connection, keys, tenant_id
+        self.publisher = publisher
         self.results: list[tuple[str, str]] = []  # (outcome, kid sealed for ...)
+        self.recipients: dict[str, dict[str, str]] = {}  # request id -> agent id -> kid
 
     async def seal(self, username: str, password: str, *, lifetime_s: float = 10) -> Any:
         """An envelope for the tenant's keys as the cache has them now, and its reply key."""
@@ -201,6 +211,7 @@ class SignIns:
             issued_at=now,
             expires_at=now + lifetime_s,
         )
+        self.recipients[envelope.request_id] = {a.id: a.kid for a in agents}
         return envelope, reply_key
 
     async def one(self, channel: aio_pika.abc.AbstractChannel, username: str, password: str) -> str:
@@ -209,12 +220,15 @@ class SignIns:
     async def send(
         self, channel: aio_pika.abc.AbstractChannel, envelope: Any, reply_key: bytes
     ) -> str:
-        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        # Named as the STS's reply queues: the only ones its broker user may declare.
+        replies = await channel.declare_queue(
+            f"sts.pytest.{uuid.uuid4().hex[:12]}", exclusive=True, auto_delete=True
+        )
         await replies.bind(REPLY_EXCHANGE, routing_key=replies.name)
         remaining_s = envelope.expires_at - time.time()
         message = request_message(
             envelope, reply_to=replies.name, correlation_id=envelope.request_id,
-            expiration_s=remaining_s,
+            expiration_s=remaining_s, publisher=self.publisher,
         )  # fmt: skip
         await channel.default_exchange.publish(message, routing_key=tenant_queue(self.tenant_id))
         try:
@@ -222,7 +236,10 @@ class SignIns:
                 async for incoming in stream:
                     await incoming.ack()
                     reply = decode_reply(incoming.body)
-                    ok = reply.status is Status.SUCCESS and verify_reply(reply, reply_key)
+                    # The STS's own check: MAC, and a kid the envelope was sealed for.
+                    sealed_for = self.recipients.pop(envelope.request_id, {})
+                    check = check_reply(reply, reply_key=reply_key, recipients=sealed_for)
+                    ok = reply.status is Status.SUCCESS and check is ReplyCheck.ACCEPTED
                     return "success" if ok else f"failed:{reply.status}:{reply.detail}"
         except TimeoutError:
             return "failed:timeout"
@@ -247,7 +264,7 @@ class SignIns:
 
 
 async def _consumers(stack: Stack, tenant_id: str) -> int:
-    connection = await aio_pika.connect(stack.amqp_url)
+    connection = await aio_pika.connect(admin_url(stack, tenant_id))
     async with connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(tenant_queue(tenant_id), passive=True)
@@ -302,7 +319,7 @@ async def test_three_agents_renew_under_load_without_a_failed_sign_in(
     }
     agents = Agents(stack, tenant)
     db = await asyncpg.connect(stack.postgres_dsn)
-    connection = await aio_pika.connect(stack.amqp_url)
+    connection = await aio_pika.connect(sts_url(stack, tenant.tenant_id))
     stop_load = asyncio.Event()
     try:
         for r in regs:
@@ -312,7 +329,7 @@ async def test_three_agents_renew_under_load_without_a_failed_sign_in(
             return await _consumers(stack, tenant.tenant_id) >= 3
 
         await _until(three_consumers, 60, "three consumers")
-        signins = SignIns(connection, keys, tenant.tenant_id)
+        signins = SignIns(connection, keys, tenant.tenant_id, sts_user(stack))
         load = asyncio.create_task(signins.load(stop_load, alice.username, alice.password, 4))
         await asyncio.sleep(2)  # a steady state first
 
@@ -394,7 +411,7 @@ async def test_an_agent_killed_during_renewal_restarts_and_works(
 
     started = time.monotonic()
     agents = Agents(stack, tenant)
-    connection = await aio_pika.connect(stack.amqp_url)
+    connection = await aio_pika.connect(sts_url(stack, tenant.tenant_id))
     db = await asyncpg.connect(stack.postgres_dsn)
     try:
         agents.start(reg.dir.path)
@@ -404,7 +421,7 @@ async def test_an_agent_killed_during_renewal_restarts_and_works(
 
         await _until(consuming, 60, "the restarted agent consuming")
         restart_s = time.monotonic() - started
-        signins = SignIns(connection, keys, tenant.tenant_id)
+        signins = SignIns(connection, keys, tenant.tenant_id, sts_user(stack))
         channel = await connection.channel()
         outcome = await signins.one(channel, alice.username, alice.password)
         await channel.close()
@@ -440,8 +457,8 @@ async def test_a_single_agent_renewal_time_and_a_request_sealed_for_the_old_key(
     reg = await _register(stack, tenant, "solo")
     agents = Agents(stack, tenant)
     db = await asyncpg.connect(stack.postgres_dsn)
-    connection = await aio_pika.connect(stack.amqp_url)
-    signins = SignIns(connection, keys, tenant.tenant_id)
+    connection = await aio_pika.connect(sts_url(stack, tenant.tenant_id))
+    signins = SignIns(connection, keys, tenant.tenant_id, sts_user(stack))
     try:
         agents.start(reg.dir.path)
 

@@ -13,13 +13,14 @@ import base64
 import secrets
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import aio_pika
 import aiohttp
 import pytest
 
 from common import wire
-from common.contracts import REPLY_EXCHANGE, VHOST
+from common.contracts import REPLY_EXCHANGE, tenant_vhost
 from infra.stack import Stack
 from sts.reply_warnings import TOTAL
 from tests.e2e.support import (
@@ -39,11 +40,13 @@ pytestmark = pytest.mark.stack
 PER_QUEUE = 3000
 
 
-async def _reply_queues(stack: Stack) -> list[str]:
+async def _reply_queues(stack: Stack, tenant_id: str) -> list[str]:
+    """The STS replicas' reply queues in the tenant's vhost."""
+    vhost = quote(tenant_vhost(tenant_id), safe="")
     raw = f"{stack.demo.rabbitmq_admin_user}:{stack.demo.rabbitmq_admin_password}"
     headers = {"Authorization": "Basic " + base64.b64encode(raw.encode()).decode()}
     async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.get(f"{stack.rabbitmq.management_url}/api/queues/{VHOST}") as r:
+        async with http.get(f"{stack.rabbitmq.management_url}/api/queues/{vhost}") as r:
             queues = await r.json()
     return sorted(q["name"] for q in queues if q["name"].startswith("sts."))
 
@@ -88,12 +91,16 @@ async def test_a_reply_flood_writes_a_bounded_number_of_log_lines(
     agent = await register_agent(stack, token, tmp_path / "agent")
     try:
         amqp_url = await bootstrap_agent(stack, agent)
-        queues = await _reply_queues(stack)
         sts_urls = stack_doc(stack)["sts_urls"]
-        assert len(queues) == len(sts_urls), queues
-        tails = [LogTail(stack.layout.logs_dir / name) for name in ("sts.log", "sts2.log")]
         pattern = contoso["bulk_users"]["pattern"]
         users = [pattern.format(n=n) for n in range(871, 881)]
+        for sts_url in sts_urls:  # each replica opens its link to the tenant's vhost
+            answer = await password_grant(stack, users[0], user_password(stack, users[0]),
+                                          sts_url=sts_url)  # fmt: skip
+            assert answer.status == 200, answer.body
+        queues = await _reply_queues(stack, contoso["id"])
+        assert len(queues) == len(sts_urls), queues
+        tails = [LogTail(stack.layout.logs_dir / name) for name in ("sts.log", "sts2.log")]
 
         # Users sign in while the flood runs: each gets its real answer.
         async with aiohttp.ClientSession() as http:

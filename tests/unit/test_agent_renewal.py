@@ -13,7 +13,9 @@ from agent.directory import FakeDirectory
 from ca.leases import Held
 from common import pki
 from common.wire import Status
+from sts.dispatcher import ReplyCheck, check_reply
 from tests.unit.test_agent_consumer import (
+    AGENT_ID,
     PASSWORD,
     USERNAME,
     _delivery,
@@ -118,6 +120,34 @@ async def test_a_request_sealed_for_the_old_key_is_opened_after_the_switch() -> 
     late, _ = _request(agent_keys)
     await _handle(rig, _delivery(late))
     assert rig.capture.replies()[-1].status is Status.KEY_NOT_FOUND
+
+
+async def test_each_reply_names_the_key_that_opened_its_request_so_the_sts_believes_it() -> None:
+    # Around a renewal the STS seals for the old kid, then (from the CA's commit, before
+    # the agent has switched) for the new one; it believes a reply only from the kid it
+    # sealed for, so the reply must name the key that opened the request.
+    old_keys, new_keys = _keys(), _keys()
+    rig = _rig(old_keys, FakeDirectory(users={USERNAME: (PASSWORD, Status.SUCCESS)}))
+    rig.handler.accept_key(new_keys.kid, new_keys.private)  # renewal asked, not switched
+    assert rig.handler.kid == old_keys.kid
+    sealed_new, key_new = _request(new_keys)
+    await _handle(rig, _delivery(sealed_new))
+    rig.handler.use_key(new_keys.kid, new_keys.private)  # switched
+    sealed_old, key_old = _request(old_keys)
+    await _handle(rig, _delivery(sealed_old))
+    replies = rig.capture.replies()
+    assert [(r.status, r.kid) for r in replies] == [
+        (Status.SUCCESS, new_keys.kid),
+        (Status.SUCCESS, old_keys.kid),
+    ]
+    for reply, reply_key, kid in (
+        (replies[0], key_new, new_keys.kid),
+        (replies[1], key_old, old_keys.kid),
+    ):
+        assert (
+            check_reply(reply, reply_key=reply_key, recipients={AGENT_ID: kid})
+            is ReplyCheck.ACCEPTED
+        )
 
 
 # -- expiry and leases -----------------------------------------------------------------------------
