@@ -35,6 +35,7 @@ import datetime as dt
 import enum
 import hashlib
 import hmac
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -270,7 +271,9 @@ def row_from_state(state: LockoutState) -> LockoutRow:
 
 
 IN_FLIGHT_MARGIN_S = 5.0  # how long past its deadline an attempt's place stays reserved
-ADMISSION_POLL_S = 0.02  # how often a waiting attempt asks again for a place in flight
+ADMISSION_POLL_S = 0.02  # a waiting attempt's first look again for a place in flight ...
+ADMISSION_POLL_MAX_S = 0.1  # ... doubling up to this (with jitter)
+MAX_WAITING_PER_KEY = 64  # per process: attempts beyond it are answered LOCKED at once
 
 
 def user_key(stored_username: str) -> str:
@@ -305,6 +308,7 @@ class LockoutStore:
         self.policy = policy
         self._key = key
         self._clock = clock
+        self._waiting: dict[tuple[str, str], int] = {}  # attempts waiting per account
 
     def fingerprint(self, tenant_id: str, username: str, password: str) -> bytes | None:
         """The keyed fingerprint of `password`, or None when no secret is configured."""
@@ -339,13 +343,35 @@ class LockoutStore:
         was only kept out because enough others could still lock the account).
         """
         now = clock or self._clock
-        while True:
-            verdict, seen = await self.admit(tenant_id, key, now(), deadline + IN_FLIGHT_MARGIN_S)
-            if verdict is Admission.ADMITTED:
-                return verdict, seen
-            if verdict is Admission.LOCKED or now() >= deadline:
-                return Admission.LOCKED, seen
-            await asyncio.sleep(ADMISSION_POLL_S)
+        verdict, seen = await self.admit(tenant_id, key, now(), deadline + IN_FLIGHT_MARGIN_S)
+        if verdict is not Admission.BUSY:
+            return verdict, seen
+        # Waiting costs reads, not writes: the row is polled without a lock (backing off,
+        # with jitter so waiters do not move in step) and locked again only when a place
+        # looks free. A flood of parallel guesses at one account is bounded per process.
+        waiting = (tenant_id, key)
+        if self._waiting.get(waiting, 0) >= MAX_WAITING_PER_KEY:
+            return Admission.LOCKED, seen
+        self._waiting[waiting] = self._waiting.get(waiting, 0) + 1
+        try:
+            delay = ADMISSION_POLL_S
+            while True:
+                if now() >= deadline:
+                    return Admission.LOCKED, seen
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 -- jitter
+                delay = min(delay * 2, ADMISSION_POLL_MAX_S)
+                row = await self._db.read_lockout(uuid.UUID(tenant_id), key)
+                if self.policy.admission(state_from_row(row), now()) is Admission.BUSY:
+                    continue
+                verdict, seen = await self.admit(
+                    tenant_id, key, now(), deadline + IN_FLIGHT_MARGIN_S
+                )
+                if verdict is not Admission.BUSY:
+                    return verdict, seen
+        finally:
+            self._waiting[waiting] -= 1
+            if not self._waiting[waiting]:
+                del self._waiting[waiting]
 
     async def settle(
         self,

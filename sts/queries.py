@@ -313,7 +313,10 @@ class Database:
         """
         async with self._connection() as conn, conn.transaction():
             row = await conn.fetchrow(_LOCK_LOCKOUT, tenant_id, username)
-            new = mutate(_lockout(row))
+            old = _lockout(row)
+            new = mutate(old)
+            if new == old and new != LockoutRow():
+                return new  # nothing to write (an attempt told to wait, a repeat)
             if new == LockoutRow():
                 await conn.execute(_DELETE_LOCKOUT, tenant_id, username)
                 return new
@@ -330,6 +333,13 @@ class Database:
                 new.in_flight_until,
             )
         return new
+
+    async def read_lockout(self, tenant_id: uuid.UUID, username: str) -> LockoutRow:
+        """One lockout row as it is now, without a lock or a write (the zero row when
+        there is none): what an attempt waiting for a place polls."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_READ_LOCKOUT, tenant_id, username)
+        return LockoutRow() if row is None else _lockout(row)
 
     async def insert_sign_ins(self, records: Sequence[SignInRecord]) -> None:
         """Append sign-in log rows with one COPY (sts.signin_log batches them)."""
@@ -752,3 +762,8 @@ UPDATE lockouts SET failures = $3, lockouts = $4, locked_until = $5, last_failur
 WHERE tenant_id = $1 AND username = $2"""
 
 _DELETE_LOCKOUT = "DELETE FROM lockouts WHERE tenant_id = $1 AND username = $2"
+
+_READ_LOCKOUT = """
+SELECT failures, lockouts, locked_until, last_failure_at, recent_failures, in_flight,
+    in_flight_until
+FROM lockouts WHERE tenant_id = $1 AND username = $2"""

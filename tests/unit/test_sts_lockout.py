@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
 
 import pytest
 
 from sts.lockout import (
+    MAX_WAITING_PER_KEY,
+    Admission,
     LockoutPolicy,
     LockoutState,
+    LockoutStore,
+    Settlement,
     fingerprint,
     row_from_state,
     state_from_row,
 )
+from sts.queries import LockoutRow
 
 POLICY = LockoutPolicy(threshold=3, duration_s=60, max_duration_s=300)
 
@@ -183,3 +192,57 @@ def test_failures_within_a_window(
 ) -> None:
     policy = LockoutPolicy(threshold=threshold, duration_s=duration_s, max_duration_s=3600)
     assert policy.failures_within(window_s) == expected
+
+
+class _CountingDb:
+    """A lockout table of one row that counts writes and reads (pure, in memory)."""
+
+    def __init__(self) -> None:
+        self.row = LockoutRow()
+        self.writes = 0
+        self.reads = 0
+
+    async def update_lockout(
+        self, _t: uuid.UUID, _u: str, mutate: Callable[[LockoutRow], LockoutRow]
+    ) -> LockoutRow:
+        new = mutate(self.row)
+        if new != self.row:
+            self.writes += 1
+        self.row = new
+        return new
+
+    async def read_lockout(self, _t: uuid.UUID, _u: str) -> LockoutRow:
+        self.reads += 1
+        return self.row
+
+
+async def test_waiting_for_a_place_polls_without_writing_and_backs_off() -> None:
+    db = _CountingDb()
+    store = LockoutStore(db, LockoutPolicy(threshold=1), key=None)  # type: ignore[arg-type]
+    tenant = str(uuid.uuid4())
+    first, _ = await store.enter(tenant, "u", time.time() + 5)
+    assert first is Admission.ADMITTED and db.writes == 1  # threshold 1: one place
+    waiter = asyncio.create_task(store.enter(tenant, "u", time.time() + 5))
+    await asyncio.sleep(0.5)
+    assert not waiter.done()
+    assert db.writes == 1  # waiting wrote nothing ...
+    assert 3 <= db.reads <= 12  # ... and polled with backoff (not every 20 ms)
+    await store.settle(tenant, "u", time.time(), Settlement.SUCCESS)
+    verdict, _ = await asyncio.wait_for(waiter, 2)
+    assert verdict is Admission.ADMITTED
+
+
+async def test_too_many_waiters_for_one_account_are_refused_at_once() -> None:
+    db = _CountingDb()
+    store = LockoutStore(db, LockoutPolicy(threshold=1), key=None)  # type: ignore[arg-type]
+    tenant = str(uuid.uuid4())
+    deadline = time.time() + 3
+    assert (await store.enter(tenant, "u", deadline))[0] is Admission.ADMITTED
+    waiters = [asyncio.create_task(store.enter(tenant, "u", deadline)) for _ in range(70)]
+    await asyncio.sleep(0.1)
+    refused = [w for w in waiters if w.done()]
+    assert len(refused) == 70 - MAX_WAITING_PER_KEY
+    assert all(w.result()[0] is Admission.LOCKED for w in refused)
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)

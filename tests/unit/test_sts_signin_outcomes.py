@@ -101,6 +101,9 @@ class FakeDb:
         self.lockout = mutate(self.lockout)
         return self.lockout
 
+    async def read_lockout(self, _t: uuid.UUID, _u: str) -> LockoutRow:
+        return self.lockout
+
     async def clear_lockout(self, _t: uuid.UUID, _u: str) -> None:
         self.cleared += 1
         self.lockout = LockoutRow()
