@@ -131,6 +131,13 @@ class RenewalReplayed(CaError):
     code = "renewal_replayed"
 
 
+class RenewalNotDue(CaError):
+    """The CA renews a certificate only from renew_before_days before it expires: the
+    agent keeps its current one and renews when a heartbeat says so."""
+
+    code = "renewal_not_due"
+
+
 class DomainNotVerified(CaError):
     """The CA refused users whose domain is not a verified domain of this agent's tenant:
     set PTA_AGENT_LDAP_DOMAIN to a domain the tenant has verified, or verify it first."""
@@ -158,7 +165,7 @@ _BY_CODE: dict[str, type[CaError]] = {
         InvalidRequest, CsrRefused, InvalidToken, InsufficientRole, TenantMismatch,
         AgentLimitReached, ClientCertificateRequired, CertificateRevoked,
         CertificateSuperseded, AgentNotFound, BrokerUnavailable, DomainNotVerified,
-        SyncConflict, CertificateExpired, RenewalInProgress, RenewalReplayed,
+        SyncConflict, CertificateExpired, RenewalInProgress, RenewalReplayed, RenewalNotDue,
     )
 }  # fmt: skip
 

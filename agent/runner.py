@@ -65,6 +65,7 @@ from agent.cloud import (
     CaClient,
     ClientCertificateRequired,
     RenewalInProgress,
+    RenewalNotDue,
     RenewalReplayed,
     is_transient,
 )
@@ -457,13 +458,14 @@ async def _renew_now(ca: CaClient, settings: Settings, current: _Current) -> Non
 async def _resume_renewal(ca: CaClient, registration: state.Registration) -> state.Registration:
     """Finish a renewal a crash interrupted (``renew.key`` without certificate) before
     anything else: if the CA already switched this agent, only this gets the new
-    certificate. The CA answering ``renewal_in_progress`` proves it did not: the current
-    identity is still good and the renewal waits for the next heartbeat."""
+    certificate. The CA answering ``renewal_in_progress`` or ``renewal_not_due`` proves it
+    did not: the current identity is still good and the renewal waits for the next
+    heartbeat that asks for it."""
     attempt = 0
     while True:
         try:
             renewed, _ = await renewal.renew(ca, registration, now=dt.datetime.now(dt.UTC))
-        except (RenewalInProgress, RenewalReplayed):
+        except (RenewalInProgress, RenewalReplayed, RenewalNotDue):
             return registration
         except AgentError as exc:
             if not is_transient(exc):

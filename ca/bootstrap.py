@@ -60,11 +60,6 @@ def agent_status(agent: AgentRecord, *, now: dt.datetime, heartbeat_interval_s: 
     return "active" if silent <= dt.timedelta(seconds=2 * heartbeat_interval_s) else "inactive"
 
 
-def should_renew(not_after: dt.datetime, *, now: dt.datetime, renew_before_days: int) -> bool:
-    """True from ``renew_before_days`` before the certificate expires (DESIGN.md flow 4)."""
-    return now >= not_after - dt.timedelta(days=renew_before_days)
-
-
 def agent_view(
     agent: AgentRecord,
     *,
@@ -143,7 +138,7 @@ async def heartbeat(request: web.Request) -> web.Response:
             detail=body.detail,
             now=now,
         )
-    renew = should_renew(
+    renew = renewal.should_renew(
         agent.cert_not_after, now=now, renew_before_days=settings.renew_before_days
     )
     log.debug("agent_heartbeat", reported_status=body.status, renew=renew)

@@ -164,6 +164,14 @@ class RenewalInProgress(CaError):
         self.retry_after_s = retry_after_s
 
 
+class RenewalNotDue(CaError):
+    """This certificate is not due for renewal yet (renewal opens renew_before_days before
+    it expires); the agent's heartbeat says when."""
+
+    status = 409
+    code = "renewal_not_due"
+
+
 class RenewalReplayed(CaError):
     """The key of this certificate request was already used by an agent; generate a new
     key pair and renew again."""

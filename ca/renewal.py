@@ -58,6 +58,7 @@ from ca.errors import (
     CsrRejected,
     InvalidRequest,
     RenewalInProgress,
+    RenewalNotDue,
     RenewalReplayed,
 )
 from ca.mtls import EXPIRED, PTA_ISSUER, SUPERSEDED, certificate_identity, verified_agent
@@ -136,6 +137,13 @@ async def _renew(request: web.Request) -> web.Response:
         agent = await verified_agent(conn, identity, lock=True)
         if await queries.key_was_used(conn, new_kid):
             raise RenewalReplayed(detail=f"kid {new_kid}")
+        # Only inside the renewal window: each renewal revokes a serial, stores a row and
+        # makes every STS reload the tenant's keys, so an agent (or a stolen key) must not
+        # be able to loop through them.
+        if not should_renew(
+            agent.cert_not_after, now=now, renew_before_days=settings.renew_before_days
+        ):
+            raise RenewalNotDue(detail=f"not_after {agent.cert_not_after.isoformat()}")
         held = await leases.acquire(
             conn,
             agent.tenant_id,
@@ -229,6 +237,11 @@ async def complete(conn: asyncpg.Connection, agent: AgentRecord, now: dt.datetim
     if await queries.complete_renewal(conn, agent.id, agent.cert_serial, now):
         await leases.release(conn, agent.tenant_id, leases.RENEWAL, holder=agent.id)
         log.info("agent_renewal_completed", serial=agent.cert_serial)
+
+
+def should_renew(not_after: dt.datetime, *, now: dt.datetime, renew_before_days: int) -> bool:
+    """True from ``renew_before_days`` before the certificate expires (DESIGN.md flow 4)."""
+    return now >= not_after - dt.timedelta(days=renew_before_days)
 
 
 def renewal_state(

@@ -401,6 +401,11 @@ async def test_an_agent_killed_during_renewal_restarts_and_works(
     alice = next(u for u in contoso.users if u.uid == "alice")
     reg = await _register(stack, tenant, "agent")
     old_kid = reg.kid
+    db = await asyncpg.connect(stack.postgres_dsn)
+    try:
+        await _make_due(db, tenant.tenant_id)
+    finally:
+        await db.close()
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.integration.renewal_crash_child", str(reg.dir.path), step,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

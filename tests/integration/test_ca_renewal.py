@@ -8,6 +8,7 @@ import asyncio
 import base64
 import datetime as dt
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,21 @@ async def _renew(ca: CaServer, agent: Agent, csr: str) -> tuple[int, Any, dict[s
     return await _call(ca, agent.cert_file, agent.key_file, "/agents/renew", {"csr": csr})
 
 
+async def _register_due(ca: CaServer, tenant: str, folder: Path) -> Agent:
+    """A registered agent whose recorded expiry is inside the renewal window (the CA
+    renews only there; the certificate itself is unchanged)."""
+    agent = await register(ca, tenant, folder)
+    conn = await asyncpg.connect(ca.settings.postgres_dsn.get_secret_value())
+    try:
+        await conn.execute(
+            "UPDATE agents SET cert_not_after = now() + interval '1 day' WHERE id = $1",
+            uuid.UUID(agent.agent_id),
+        )
+    finally:
+        await conn.close()
+    return agent
+
+
 def _renewed(agent: Agent, folder: Path, key: rsa.RSAPrivateKey, answer: dict[str, Any]) -> Agent:
     folder.mkdir(parents=True, exist_ok=True)
     key_file = folder / "agent.key"
@@ -83,7 +99,7 @@ async def test_renewal_replaces_key_and_serial_and_supersedes_the_old_certificat
     ca: CaServer, new_tenant: TenantFactory, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     tenant = await new_tenant()
-    agent = await register(ca, tenant, tmp_path / "old")
+    agent = await _register_due(ca, tenant, tmp_path / "old")
     old_serial, old_kid = _serial(agent.certificate), agent.answer["kid"]
     notified: asyncio.Queue[str] = asyncio.Queue()
 
@@ -153,7 +169,7 @@ async def test_a_renewal_asked_again_with_the_same_key_gets_the_same_certificate
     """The agent crashed before storing its new certificate: asking again with the old
     certificate and the same CSR answers the issued certificate, nothing changes."""
     tenant = await new_tenant()
-    agent = await register(ca, tenant, tmp_path)
+    agent = await _register_due(ca, tenant, tmp_path)
     _, csr = new_csr_pem()
     status, first, _ = await _renew(ca, agent, csr)
     assert status == 200, first
@@ -223,10 +239,23 @@ async def test_bad_csrs_are_refused(
     code: str,
 ) -> None:
     tenant = await new_tenant()
-    agent = await register(ca, tenant, tmp_path)
+    agent = await _register_due(ca, tenant, tmp_path)
     before = await _tables(db, tenant)
     status, answer, _ = await _renew(ca, agent, make_csr())
     assert (status, answer["error"]) == (400, code), answer
+    assert await _tables(db, tenant) == before
+
+
+async def test_a_certificate_not_due_is_not_renewed(
+    ca: CaServer, new_tenant: TenantFactory, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # Renewal opens renew_before_days before expiry: before that an agent (or a stolen
+    # key) cannot loop through renewals, each a revoked serial and a key reload everywhere.
+    tenant = await new_tenant()
+    agent = await register(ca, tenant, tmp_path / "agent")
+    before = await _tables(db, tenant)
+    status, answer, _ = await _renew(ca, agent, new_csr_pem()[1])
+    assert (status, answer["error"]) == (409, "renewal_not_due")
     assert await _tables(db, tenant) == before
 
 
@@ -234,7 +263,7 @@ async def test_a_key_used_before_is_refused_as_a_replay(
     ca: CaServer, new_tenant: TenantFactory, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     tenant = await new_tenant()
-    agent = await register(ca, tenant, tmp_path / "old")
+    agent = await _register_due(ca, tenant, tmp_path / "old")
     key, csr = new_csr_pem()
     status, answer, _ = await _renew(ca, agent, csr)
     assert status == 200, answer
@@ -256,7 +285,7 @@ async def test_expired_revoked_and_foreign_certificates_are_refused(
     ca: CaServer, new_tenant: TenantFactory, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     tenant = await new_tenant()
-    agent = await register(ca, tenant, tmp_path / "a")
+    agent = await _register_due(ca, tenant, tmp_path / "a")
     _, csr = new_csr_pem()
     before = await _tables(db, tenant)
 
@@ -298,9 +327,9 @@ async def test_renewals_of_a_tenant_are_serialised_and_a_dead_lease_expires(
     ca: CaServer, new_tenant: TenantFactory, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     tenant, other_tenant = await new_tenant(), await new_tenant()
-    first = await register(ca, tenant, tmp_path / "a")
-    second = await register(ca, tenant, tmp_path / "b")
-    elsewhere = await register(ca, other_tenant, tmp_path / "c")
+    first = await _register_due(ca, tenant, tmp_path / "a")
+    second = await _register_due(ca, tenant, tmp_path / "b")
+    elsewhere = await _register_due(ca, other_tenant, tmp_path / "c")
 
     # Two agents of one tenant ask at once: exactly one renews, the other is told when
     # to come back.

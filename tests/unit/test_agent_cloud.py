@@ -33,6 +33,7 @@ def _answer(status: int, body: object) -> Response:
         ("certificate_expired", 401, cloud.CertificateExpired),
         ("renewal_in_progress", 409, cloud.RenewalInProgress),
         ("renewal_replayed", 409, cloud.RenewalReplayed),
+        ("renewal_not_due", 409, cloud.RenewalNotDue),
     ],
 )
 def test_ca_error_codes_become_typed_errors_with_the_cas_message(

@@ -16,9 +16,10 @@ from pydantic import ValidationError
 from ca import errors
 from ca.app import error_middleware
 from ca.bodies import HeartbeatRequest, RegisterRequest, decode, is_canonical_uuid
-from ca.bootstrap import agent_status, new_access_key, should_renew
+from ca.bootstrap import agent_status, new_access_key
 from ca.broker_admin import agent_permissions
 from ca.queries import AgentRecord
+from ca.renewal import should_renew
 from ca.settings import Settings
 
 # -- bodies ------------------------------------------------------------------------------------
@@ -90,6 +91,7 @@ CONTRACT = {
     errors.BrokerUnavailable: (503, "broker_unavailable"),
     errors.CertificateExpired: (401, "certificate_expired"),
     errors.RenewalReplayed: (409, "renewal_replayed"),
+    errors.RenewalNotDue: (409, "renewal_not_due"),
 }
 
 
