@@ -55,6 +55,8 @@ class Stack:
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.is_root = os.geteuid() == 0
+        if self.is_root:
+            stackuser.check_state_dir_is_roots(self.state_dir)
         stored = self._load_layout(port_base, public_ip, data_root)
         self.layout = Layout(self.state_dir, Ports.from_base(int(stored["port_base"])))
         self.public_ip = str(stored["public_ip"])

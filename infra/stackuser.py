@@ -112,6 +112,29 @@ def _refers_to(state_dir: Path, folder: Path) -> bool:
     return recorded == str(folder)
 
 
+def check_state_dir_is_roots(state_dir: Path) -> None:
+    """As root, refuse a state folder that another user owns or may write.
+
+    Root reads paths from it (`layout.json`'s `stack_user_dir`, which it later deletes with
+    `down --purge`), writes into it (logs that supervisord appends to as root) and runs
+    what it configures: a folder another user controls would let that user point root at
+    any file. `pta-stack up` as root creates the folder itself (root's, 0700).
+    """
+    try:
+        st = state_dir.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise StackError(f"{state_dir} must be a folder, not a link or a file")
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise StackError(
+            f"{state_dir} belongs to uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):o}); as "
+            f"root, the stack runs only from a state folder owned by root that only root may "
+            f"write: `chown -R root: {state_dir} && chmod go-w {state_dir}`, or remove it "
+            f"and run `pta-stack up` again"
+        )
+
+
 def _ensure_root_owned_dir(path: Path, mode: int) -> None:
     """Create path (root, mode) or check that it is a root-owned folder nobody else writes."""
     try:
@@ -141,8 +164,14 @@ def prepare(folder: Path, state_dir: Path, *, durable: bool) -> None:
     user = ensure_os_user()
     _ensure_root_owned_dir(folder.parent, 0o711)
     collect_orphans(folder.parent)
+    is_new = not folder.exists()
     _ensure_root_owned_dir(folder, 0o711)
     owner = _owner(folder)
+    if owner is None and not is_new and any(folder.iterdir()):
+        raise StackError(
+            f"{folder} (recorded in {state_dir / 'layout.json'}) is not a stack data folder "
+            f"(it has no {OWNER_FILE}); remove the stack_user_dir line from layout.json"
+        )
     if owner is not None and owner.get("state_dir") != str(state_dir):
         other = Path(str(owner.get("state_dir")))
         if _refers_to(other, folder):
@@ -197,8 +226,14 @@ def remove(folder: Path, state_dir: Path) -> bool:
     if not folder.exists():
         return True
     owner = _owner(folder)
-    if owner is not None and owner.get("state_dir") != str(state_dir):
-        return False
+    st = folder.lstat()
+    if (
+        owner is None
+        or owner.get("state_dir") != str(state_dir)
+        or not stat.S_ISDIR(st.st_mode)
+        or st.st_uid != 0
+    ):
+        return False  # not this stack's data folder: never delete what is not ours
     shutil.rmtree(folder)  # fd-based: safe against links planted inside
     return True
 

@@ -257,7 +257,8 @@ def _make_private(logs: Path) -> None:
     """
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs.chmod(0o700)  # mkdir's mode is narrowed by the umask only, and not applied if it exists
-    os.close(os.open(logs / "supervisord.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW  # never through a link
+    os.close(os.open(logs / "supervisord.log", flags, 0o600))
     for path in logs.iterdir():
         if path.is_file() and not path.is_symlink():
             path.chmod(0o600)

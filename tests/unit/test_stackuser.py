@@ -6,7 +6,10 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from infra import stackuser
+from infra.server import StackError
 
 
 def _folder(root: Path, name: str, owner: Path | None, *, durable: bool) -> Path:
@@ -63,3 +66,38 @@ def test_folder_names_say_whose_they_are(tmp_path: Path) -> None:
     assert a.parent == root and a.name.startswith("my-pta-")
     assert a != b  # a fresh name each time: never another stack's stale data
     assert stackuser.choose(root, Path("/tmp/pta-test-x1")).name.startswith("pta-test-x1-")
+
+
+def test_purge_never_deletes_a_folder_that_is_not_this_stacks(tmp_path: Path) -> None:
+    # layout.json names the folder purge deletes: a folder without owner.json, or owned
+    # by another stack, or not root's, is left alone whatever layout.json says.
+    state = tmp_path / "state"
+    victim = tmp_path / "victim"
+    (victim / "precious").mkdir(parents=True)
+    assert stackuser.remove(victim, state) is False
+    assert (victim / "precious").exists()
+    other = _folder(tmp_path / "root", "other", tmp_path / "other-state", durable=True)
+    assert stackuser.remove(other, state) is False and other.exists()
+    ours = _folder(tmp_path / "root", "ours", state, durable=True)
+    if os.geteuid() == 0:
+        assert stackuser.remove(ours, state) is True and not ours.exists()
+    else:  # not root's: refused too
+        assert stackuser.remove(ours, state) is False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check applies to root only")
+def test_root_refuses_a_state_folder_another_user_controls(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    stackuser.check_state_dir_is_roots(state)  # root's, private: fine
+    os.chown(state, 65534, 65534)
+    with pytest.raises(StackError, match="belongs to uid 65534"):
+        stackuser.check_state_dir_is_roots(state)
+    os.chown(state, 0, 0)
+    state.chmod(0o777)
+    with pytest.raises(StackError, match="only root may"):
+        stackuser.check_state_dir_is_roots(state)
+    link = tmp_path / "link"
+    link.symlink_to(state)
+    with pytest.raises(StackError, match="not a link"):
+        stackuser.check_state_dir_is_roots(link)
