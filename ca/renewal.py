@@ -98,6 +98,10 @@ async def renew(request: web.Request) -> web.Response:
     """Issue a new certificate for a new key of the calling agent (module docstring)."""
     try:
         return await _renew(request)
+    except asyncpg.UniqueViolationError as exc:
+        # Two agents sent the same new key at once: the check before the insert passed
+        # for both, the unique kid refused the second. A replay, not a server fault.
+        raise RenewalReplayed(detail="kid used by a concurrent renewal") from exc
     except RenewalInProgress as exc:
         # The one refusal with a field beyond {"error", "message"}: rendered here.
         log.warning("request_refused", error=exc.code, reason=exc.message, detail=exc.detail)

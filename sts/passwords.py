@@ -393,6 +393,11 @@ class AgentPasswordValidator:
         self._late_tasks.add(task)
         task.add_done_callback(self._late_tasks.discard)
 
+    @property
+    def late_tasks(self) -> tuple[asyncio.Task[None], ...]:
+        """Late-reply settlements still running (cancelled at shutdown)."""
+        return tuple(self._late_tasks)
+
     async def _settle_late(self, late: LateReply) -> None:
         settlement = _SETTLEMENTS.get(str(late.status), Settlement.NEUTRAL)
         now = self._clock()
@@ -535,9 +540,11 @@ async def sign_in_resources(app: web.Application) -> AsyncIterator[None]:
                     await dispatcher.ready.wait()
         yield
     finally:
-        for task in tasks:
+        # Late settlements still running are cancelled before the pool closes under them
+        # (the places they would release expire by themselves).
+        for task in [*tasks, *validator.late_tasks]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *validator.late_tasks, return_exceptions=True)
         if dispatcher is not None:
             await dispatcher.close()
         await sign_in_log.close(timeout_s=settings.db_timeout_s)
