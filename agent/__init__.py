@@ -1,6 +1,6 @@
 """pta-agent: the on-premises pass-through authentication agent (CLI and daemon).
 
-What it does (DESIGN.md flows 1 to 4): ``pta-agent register`` obtains a tenant admin's
+What it does (docs/design.md §3): ``pta-agent register`` obtains a tenant admin's
 token from the STS, makes an RSA-2048 key and a CSR locally and registers with the CA,
 which returns the agent's client certificate; ``pta-agent run`` opens the directory,
 bootstraps over mutual TLS for scoped broker credentials, consumes its tenant's sign-in

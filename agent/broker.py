@@ -1,7 +1,7 @@
 """The agent's link to the broker: one robust AMQP connection to its tenant's queue.
 
 What: ``open_link`` connects with the credentials of a bootstrap answer
-(``cloud.BrokerGrant``, DESIGN.md flow 2), opens one channel with the prefetch that
+(``cloud.BrokerGrant``, docs/design.md §3.2), opens one channel with the prefetch that
 bounds sign-in concurrency, and checks that the tenant queue and the reply exchange exist
 with passive declares (``get_queue``/``get_exchange`` with ``ensure=True``): agents may
 not configure anything (permission ``^$``), so both are the cloud's to declare.
@@ -53,8 +53,8 @@ class MessageHandler(Protocol):
     """Handles one sign-in request from the tenant queue (``agent.consumer.SignInHandler``).
 
     It settles the message itself (``async with message.process(...)``: ack after the
-    reply is published, reject without requeue when it cannot be handled, DESIGN.md flow
-    3: a request is handled at most once).
+    reply is published, reject without requeue when it cannot be handled, docs/design.md
+    §3.3: a request is handled at most once).
     """
 
     async def __call__(self, message: AbstractIncomingMessage) -> None: ...

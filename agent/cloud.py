@@ -198,7 +198,7 @@ class RenewedCertificate(BaseModel):
 
 
 class BrokerGrant(BaseModel):
-    """``POST /agents/bootstrap`` answer: scoped broker credentials (DESIGN.md flow 2)."""
+    """``POST /agents/bootstrap`` answer: scoped broker credentials (docs/design.md §3.2)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 

@@ -1,4 +1,4 @@
-"""``SignInHandler``: one sign-in request from the tenant queue, end to end (DESIGN.md flow 3).
+"""``SignInHandler``: one sign-in request from the tenant queue, end to end (docs/design.md §3.3).
 
 For each AMQP message (aio-pika calls the handler once per delivery, concurrently up to
 the channel's prefetch, which the runner sets):
@@ -15,7 +15,7 @@ the channel's prefetch, which the runner sets):
    still names a request id (``correlation_id`` or ``message_id``) and a ``reply_to``, the
    STS first gets ``agent_error`` without MAC so that user does not wait for the timeout;
 2. drop (reject, no reply) a redelivered message: a request is handled at most once and
-   an agent that died mid-request must not have it handed to another (DESIGN.md flow 3;
+   an agent that died mid-request must not have it handed to another (docs/design.md §3.3;
    a second bind could count a second failed attempt against the user's lockout);
 3. ``check_fresh`` before the RSA unwrap: past its deadline the request is dropped with a
    log line and no reply (the STS has already answered the user); an implausible window

@@ -1,6 +1,6 @@
 """The agent's one interface to the on-premises directory: ``Directory`` and its ``Verdict``.
 
-Shaped like dex's connector (STYLE.md section 2): an *answer* from the directory is a value,
+Shaped like dex's connector (docs/contributing.md §2): an *answer* from the directory is a value,
 a ``Verdict`` whose status is one of ``common.wire.Status`` (success, invalid_credentials,
 password_expired, ...); *not being able to ask* is an exception, ``DirectoryUnavailable``
 or ``DirectoryTimeout`` (or their base ``DirectoryError`` for anything else the adapter
@@ -9,7 +9,7 @@ exception's ``status`` class attribute.
 
 Implementations: ``agent.ldap_directory.LdapDirectory`` (ldap3, OpenLDAP with ppolicy or
 Active Directory) and ``FakeDirectory`` here, for pure tests of the code above it. Both
-keep the rules every implementation must keep (DESIGN.md "Security rules"):
+keep the rules every implementation must keep (docs/design.md §7):
 - an empty password is ``invalid_credentials`` without asking the directory at all;
 - a wrong password and an unknown user give the same status and the same detail;
 - no password ever appears in a verdict, an exception message or a log line.
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 # The one detail for "wrong password" and "no such user": the reply must not tell them
-# apart (DESIGN.md "Results and error codes": indistinguishable outside).
+# apart (docs/design.md §5: indistinguishable outside).
 REJECTED_DETAIL = "the directory rejected the username or password"
 
 

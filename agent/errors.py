@@ -1,7 +1,7 @@
 """The agent's error base class: every failure the operator can act on derives from it.
 
 Each subclass names the event and its class docstring (first paragraph) is the default
-message, written as what happened and what to do (STYLE.md section 5). ``detail`` adds the
+message, written as what happened and what to do (docs/contributing.md §5). ``detail`` adds the
 specifics of one occurrence; it never carries a password, token or key.
 """
 

@@ -1,4 +1,4 @@
-"""Heartbeats: tell the CA every interval that this agent is alive (DESIGN.md flow 4).
+"""Heartbeats: tell the CA every interval that this agent is alive (docs/design.md §3.4).
 
 The first heartbeat goes at once, so the cloud shows the agent active as soon as it
 starts; then one per interval. The interval is the operator's setting

@@ -10,9 +10,9 @@ Choices:
 - Redirects are not followed: a redirect could carry a bearer token or a client
   certificate to another host, and neither service redirects API calls.
 - Proxy variables are not read (``trust_env=False``): nothing below ``main`` reads the
-  environment (STYLE.md section 4); proxy support would be an explicit setting.
+  environment (docs/contributing.md §4); proxy support would be an explicit setting.
 - TLS verification failures name the bundle that was used, since the usual cause is a
-  bundle that does not belong to the server (DESIGN.md: the agent pins its bundle).
+  bundle that does not belong to the server (docs/design.md: the agent pins its bundle).
 - No TLS transport outlives ``close``: pooled connections are aborted by the connector's
   close, and on Pythons whose asyncio can leak a closing TLS transport (fixed by
   python/cpython#118960 in 3.12.7) ``enable_cleanup_closed`` makes the connector track the

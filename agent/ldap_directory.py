@@ -1,6 +1,6 @@
 """``LdapDirectory``: the ``Directory`` that asks an LDAP server (OpenLDAP + ppolicy, or AD).
 
-How one password is validated (dex's LDAP connector, STYLE.md section 2):
+How one password is validated (dex's LDAP connector, docs/contributing.md §2):
 1. refused without any LDAP operation: an empty password (a simple bind with an empty
    password is an *anonymous* bind that "succeeds", RFC 4513 section 5.1.2), one longer
    than ``MAX_PASSWORD_CHARS`` or not encodable as UTF-8 (``invalid_credentials``); a
@@ -23,7 +23,7 @@ Threads and connections: ldap3 is blocking, so every LDAP call runs in a
 ``ThreadPoolExecutor`` of ``pool_size`` threads. Each thread keeps two open connections and
 reuses them: one bound as the service account for searches, one that is re-bound as each
 user (rebinding an open connection is ~1.5x faster than a new connection per bind,
-INFRA-NOTES.md). Sockets get TCP_NODELAY and a receive timeout of ``timeout_s``. A socket
+docs/servers.md). Sockets get TCP_NODELAY and a receive timeout of ``timeout_s``. A socket
 error discards the connection and the operation is tried once more on a fresh one (an idle
 connection the server closed is the usual cause), then ``DirectoryUnavailable``; a timeout
 discards the connection and raises ``DirectoryTimeout`` without a retry (the server may

@@ -70,7 +70,7 @@ BUSY, UNAVAILABLE = 51, 52
 
 # Active Directory puts the reason of a failed bind in the diagnostic message as
 # "AcceptSecurityContext error, data <hex>, v..." (the Win32 error of the logon;
-# MS-ADTS 3.1.1.3.1.1, INFRA-NOTES.md "Samba as an AD DC"). Only the right password
+# MS-ADTS 3.1.1.3.1.1, docs/servers.md "Samba as an AD DC"). Only the right password
 # reveals the specific code; a wrong one is always 52e.
 _AD_DATA = re.compile(r"\bdata ([0-9a-f]{3,4})\b", re.IGNORECASE)
 AD_CODES: Final[Mapping[str, tuple[Status, str]]] = {
@@ -123,7 +123,7 @@ def openldap_verdict(result: Mapping[str, Any]) -> Verdict | None:
         return Verdict(Status.PASSWORD_EXPIRED, "password expired")
     if error is PpolicyError.CHANGE_AFTER_RESET:
         # slapd lets the bind succeed (result 0) but the session may only change the
-        # password: never a success (INFRA-NOTES.md, draft-behera section 8.1.2.2).
+        # password: never a success (docs/servers.md, draft-behera section 8.1.2.2).
         return Verdict(Status.MUST_CHANGE_PASSWORD, "password was reset: the user must change it")
     if code == SUCCESS:
         if error is not None:

@@ -1,4 +1,4 @@
-"""Register and unregister this host's agent (DESIGN.md flow 1, docs/architecture.md).
+"""Register and unregister this host's agent (docs/design.md §3.1, docs/architecture.md).
 
 ``register``: refuse an existing registration (unless ``force``), get an admin token,
 generate the RSA-2048 key in memory, send only the CSR, check what the CA returns (the
@@ -31,7 +31,7 @@ from common import pki, tls
 
 log = structlog.get_logger(__name__)
 
-AGENT_KEY_BITS = 2048  # DESIGN.md flow 1 step 2
+AGENT_KEY_BITS = 2048  # docs/design.md §3.1 step 2
 
 
 class CaBundleUnusable(AgentError):

@@ -1,4 +1,4 @@
-"""Certificate renewal on the agent (DESIGN.md flow 4; docs/architecture.md "Certificate
+"""Certificate renewal on the agent (docs/design.md §3.4; docs/architecture.md "Certificate
 renewal").
 
 ``renew`` does the agent's half: a NEW RSA-2048 key made here (it never leaves the host),

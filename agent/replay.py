@@ -1,6 +1,6 @@
 """The agent's replay cache: request ids it has taken, remembered until their deadline.
 
-DESIGN.md "Security rules": the agent refuses a replayed request, i.e. a request id seen
+docs/design.md §7: the agent refuses a replayed request, i.e. a request id seen
 before within its deadline. ``common.envelope.check_fresh`` refuses anything past its
 deadline or with a deadline more than ``MAX_LIFETIME_S + MAX_CLOCK_SKEW_S`` ahead, so an
 id only needs remembering until its ``expires_at``: after that the envelope is refused as

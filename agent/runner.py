@@ -1,6 +1,7 @@
-"""The agent daemon: ``run(settings, stop=...)`` until ``stop`` is set (DESIGN.md flows 2-4).
+"""The agent daemon: ``run(settings, stop=...)`` until ``stop`` is set (docs/design.md
+§3.2 to §3.4).
 
-Lifetime, child tasks in one ``TaskGroup`` (STYLE.md section 6):
+Lifetime, child tasks in one ``TaskGroup`` (docs/contributing.md §6):
 1. load and check the state folder (``state.load``), the directory settings
    (``settings.directory_settings()``) and the private key, once;
 2. open the directory (``LdapDirectory.open``: settings checked, service account bound,
@@ -138,7 +139,7 @@ class _Consumer:
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Cancel the consumer, then wait up to ``drain_timeout_s`` for in-flight requests;
-        what is still running then is dropped with the link (DESIGN.md flow 3: the STS
+        what is still running then is dropped with the link (docs/design.md §3.3: the STS
         answers the user at the deadline)."""
         if self.tag is not None:
             tag, self.tag = self.tag, None
@@ -529,7 +530,7 @@ async def _sync_loop(
 
 
 async def _halt(current: _Current, settings: Settings) -> None:
-    """Stop consuming, drain in-flight requests, close the links (STYLE.md section 6)."""
+    """Stop consuming, drain in-flight requests, close the links (docs/contributing.md §6)."""
     pairs = [(current.consumer, current.link), *current.retiring]
     current.retiring.clear()
     for consumer, _ in pairs:

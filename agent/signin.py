@@ -1,4 +1,4 @@
-"""Admin access tokens from the STS, for registering and deleting agents (DESIGN.md flow 1).
+"""Admin access tokens from the STS, for registering and deleting agents (docs/design.md §3.1).
 
 The CA names its authority at ``GET {ca}/.well-known/pta-configuration``; the agent is the
 public client ``pta-agent`` and asks for scope ``urn:pta:ca/.default``
@@ -36,7 +36,7 @@ DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_POLL_INTERVAL_S = 5.0  # RFC 8628 section 3.2
 SLOW_DOWN_STEP_S = 5.0  # RFC 8628 section 3.5
 
-# What the operator can do about an AADSTS code (DESIGN.md "Results and error codes").
+# What the operator can do about an AADSTS code (docs/design.md §5).
 _CODE_HINTS: dict[int, str] = {
     50126: "Check the username and password of the tenant admin.",
     50034: "No such account in this tenant: check the username and --tenant.",

@@ -410,7 +410,7 @@ def _write_public(target: Path, data: bytes) -> None:
 
 
 def _summary(exc: ValidationError) -> str:
-    """Field names and reasons, never the values (STYLE.md: no input echoed)."""
+    """Field names and reasons, never the values (docs/contributing.md: no input echoed)."""
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg']}"
         for e in exc.errors(include_url=False, include_input=False)

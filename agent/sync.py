@@ -1,6 +1,6 @@
 """User sync: tell the cloud who may sign in, read from the on-premises directory.
 
-DESIGN.md flow 3 needs the cloud to know a tenant's users (the STS answers AADSTS50034
+docs/design.md §3.3 needs the cloud to know a tenant's users (the STS answers AADSTS50034
 for a username it does not know, without asking any agent) but never their passwords.
 ``pta-agent sync`` and the periodic sync inside ``pta-agent run`` do this in two steps:
 

@@ -45,7 +45,7 @@ from common.wire import Status, WireError, decode_reply, request_message
 
 __all__ = ["AgentAloneError", "agent_alone"]
 
-DEADLINE_S: Final = 10.0  # the STS's default request deadline (DESIGN.md flow 3)
+DEADLINE_S: Final = 10.0  # the STS's default request deadline (docs/design.md §3.3)
 READY_TIMEOUT_S: Final = 60.0
 
 

@@ -13,7 +13,7 @@ it is compared with.
 - ``crypto_floor``: RSA-2048 OAEP-SHA256 private decrypts per second in one thread (the
   agent's per-request RSA cost), and full ``envelope.open_`` calls per second.
 - ``message_sizes``: bytes of a request body (``wire.encode_request`` of a real
-  ``envelope.seal``) for 1, 3 and 40 recipients, against DESIGN.md's estimate of
+  ``envelope.seal``) for 1, 3 and 40 recipients, against the estimate in docs/design.md §4 of
   0.5 KB + 0.35 KB per agent.
 """
 
@@ -235,7 +235,7 @@ def crypto_floor(*, seconds: float = 3.0) -> dict[str, Any]:
 
 
 def design_request_bytes(agents: int) -> int:
-    """DESIGN.md's estimate of a request: about 0.5 KB + 0.35 KB per agent."""
+    """the estimate in docs/design.md §4 of a request: about 0.5 KB + 0.35 KB per agent."""
     return round(500 + 350 * agents)
 
 

@@ -40,7 +40,7 @@ from bench.users import DEFAULT_MAX_WRONG_PER_USER, SUCCESS, MixError, UserPicke
 
 __all__ = ["CODE_MEANINGS", "main", "run_with_progress"]
 
-# What each AADSTS code means here (DESIGN.md "Results and error codes").
+# What each AADSTS code means here (docs/design.md §5).
 CODE_MEANINGS: Final = {
     SUCCESS: "signed in",
     "AADSTS50126": "invalid username or password",

@@ -318,7 +318,7 @@ def figures(steps: dict[str, Any]) -> list[dict[str, Any]]:
                     f"5. request message, {n} agent{'s' if n != '1' else ''}",
                     size["bytes"],
                     "bytes",
-                    "DESIGN.md estimate 0.5 KB + 0.35 KB/agent",
+                    "design estimate 0.5 KB + 0.35 KB/agent",
                     size["design_bytes"],
                 )
             )

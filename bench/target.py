@@ -1,6 +1,6 @@
 """What a load test or benchmark may aim at: the stack described by ``stack.json``.
 
-``load_stack`` reads the stack.json contract (DESIGN.md "Running it") into a frozen
+``load_stack`` reads the stack.json contract (docs/design.md §8) into a frozen
 ``StackTarget``; ``require_loopback`` refuses every URL whose host is not this machine's
 loopback (``127.0.0.0/8``, ``::1``, ``localhost``), so a load test can never be pointed
 at someone else's service by a wrong file. Errors are ``TargetError`` with a message

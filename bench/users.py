@@ -82,7 +82,7 @@ _STATE_OF: Final = {
     Kind.DISABLED: "account_disabled",
 }
 
-# The answers that count as expected per kind (DESIGN.md "Results and error codes").
+# The answers that count as expected per kind (docs/design.md §5).
 # Smart lockout (50053) is accepted for every failing kind: the STS may lock a user who
 # keeps failing, which is the system working, not an error of the load test.
 EXPECTED: Final[Mapping[Kind, frozenset[str]]] = {

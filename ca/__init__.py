@@ -1,4 +1,4 @@
-"""The CA: agent trust and lifecycle service (DESIGN.md flows 1, 2 and 4).
+"""The CA: agent trust and lifecycle service (docs/design.md §3.1, §3.2 and §3.4).
 
 What it does: the PTA certificate authority signs agents' CSRs at registration (bearer
 token of a tenant's ``hybrid_identity_admin``); over mutual TLS with that certificate an

@@ -1,4 +1,4 @@
-"""Admin bearer tokens: who may register, list and delete agents (DESIGN.md flow 1 step 4).
+"""Admin bearer tokens: who may register, list and delete agents (docs/design.md §3.1 step 4).
 
 A token passes only if all of these hold, in this order (docs/architecture.md
 "Identities and tokens"):
@@ -44,7 +44,7 @@ from common.contracts import ADMIN_ROLE, CA_AUDIENCE
 from common.encoding import is_canonical_uuid
 
 ALGORITHMS: Final = ("ES256",)
-"""The only JWS algorithm accepted (STYLE.md section 3: explicit allow-list)."""
+"""The only JWS algorithm accepted (docs/contributing.md §3: explicit allow-list)."""
 
 MAX_TOKEN_CHARS: Final = 8192
 _MAX_JWKS_BYTES: Final = 256 * 1024

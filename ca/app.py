@@ -201,7 +201,7 @@ async def _handle(request: web.Request, handler: Handler) -> tuple[web.StreamRes
         code = _AIOHTTP_CODES.get(exc.status, InvalidRequest.code)
         return json_response(ErrorAnswer(error=code, message=exc.reason), status=exc.status), code
     except Exception:
-        # The top of a request (STYLE.md section 5): log with the traceback, answer 500.
+        # The top of a request (docs/contributing.md §5): log with the traceback, answer 500.
         log.exception("request_failed")
         answer = ErrorAnswer(error=CaError.code, message=CaError().message)
         return json_response(answer, status=500), CaError.code

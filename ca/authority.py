@@ -1,6 +1,6 @@
 """The two CAs this service holds: the PTA CA signs agents, the service TLS CA only its CRL.
 
-Keys are loaded once at start (loading with validation costs ~30 ms, INFRA-NOTES.md) and
+Keys are loaded once at start (loading with validation costs ~30 ms, docs/servers.md) and
 kept as objects. Signing goes through ``common.pki`` so the certificate profile stays in
 one place; this module adds the choices that belong to the CA service: serials are stored
 as lowercase hex without leading zeros, key ids as ``common.pki.spki_sha256_kid``.
@@ -52,7 +52,7 @@ class Authority:
         now: dt.datetime,
         lifetime_days: int,
     ) -> IssuedCertificate:
-        """Sign an agent's vetted CSR with the PTA CA (DESIGN.md flow 1 step 4).
+        """Sign an agent's vetted CSR with the PTA CA (docs/design.md §3.1 step 4).
 
         Raises the ``common.pki`` errors of ``sign_agent_csr``.
         """

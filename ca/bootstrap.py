@@ -1,6 +1,6 @@
 """An agent's life after registration: bootstrap, heartbeats, and how admins see agents.
 
-- ``POST /agents/bootstrap`` (mutual TLS, DESIGN.md flow 2): a fresh random access key
+- ``POST /agents/bootstrap`` (mutual TLS, docs/design.md §3.2): a fresh random access key
   (32 bytes, URL-safe base64) for the agent's broker user, created or rotated with
   permissions in its own tenant's vhost only (``ca.broker_admin``, which also makes sure
   the vhost, exchange and queue exist); the previous key stops working for new
@@ -10,7 +10,7 @@
   cannot leave a user behind. ``expires_at`` tells the agent when to bootstrap again;
   RabbitMQ's internal users cannot expire by themselves, so the date is a contract with
   the agent, not enforced by the broker.
-- ``POST /agents/heartbeat`` (mutual TLS, DESIGN.md flow 4): records the time, version and
+- ``POST /agents/heartbeat`` (mutual TLS, docs/design.md §3.4): records the time, version and
   reported status; answers whether to renew (``renew_before_days`` before expiry).
 - ``GET /agents/self`` (mutual TLS) and ``GET /agents`` (bearer admin, the token's tenant
   only): agents as the cloud sees them, ``status`` ``active`` when a heartbeat arrived

@@ -1,6 +1,6 @@
 """The broker as the CA administers it: tenant vhosts, agent users, their permissions.
 
-``BrokerAdmin`` is the boundary (STYLE.md section 2); ``RabbitManagement`` is the adapter
+``BrokerAdmin`` is the boundary (docs/contributing.md §2); ``RabbitManagement`` is the adapter
 over the RabbitMQ management HTTP API. Every call has a timeout; every failure to ask
 (connection refused, timeout, TLS, an unexpected status) becomes ``BrokerUnavailable``.
 
@@ -11,7 +11,7 @@ could learn whether another tenant's queue exists, its backlog and its consumers
 broker user's permissions in it, the ``pta.replies`` exchange and the tenant queue.
 
 Permissions in a tenant's vhost (users have no tags, so none can use the management API):
-- an agent (DESIGN.md flow 2 step 3): configure ``^$`` (declares nothing), write
+- an agent (docs/design.md §3.2 step 3): configure ``^$`` (declares nothing), write
   ``^pta\\.replies$`` (publishes replies only), read ``^pta\\.tenant\\.<tenant id>$``
   (consumes its own tenant's queue only); no permission in any other vhost;
 - the STS (``sts_permissions``): configure its exclusive reply queues
@@ -134,7 +134,7 @@ class RabbitManagement:
         self._timeout_s = timeout_s
         self._admin_user = quote(user, safe="")
         self._sts_user = quote(sts_user, safe="")
-        # aiohttp 3.14 deprecates BasicAuth/auth= (INFRA-NOTES.md): build the header here,
+        # aiohttp 3.14 deprecates BasicAuth/auth= (docs/servers.md): build the header here,
         # per request, so a shared session never sends it anywhere else.
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self._headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}

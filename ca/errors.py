@@ -2,7 +2,7 @@
 
 Handlers raise; one middleware (``ca.app``) renders ``{"error": code, "message": ...}``
 (docs/architecture.md "CA HTTP API"). The class docstring is the default message and says
-what to do about it (STYLE.md section 5). Messages never carry a token, key or secret.
+what to do about it (docs/contributing.md §5). Messages never carry a token, key or secret.
 
 Codes beyond the contract's list, for cases it does not cover: ``admin_not_found`` (401,
 the token's admin was deleted since it was issued), ``sts_unavailable`` (503, the STS

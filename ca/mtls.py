@@ -1,4 +1,4 @@
-"""Agents authenticated by their client certificate (DESIGN.md flow 2 step 2).
+"""Agents authenticated by their client certificate (docs/design.md §3.2 step 2).
 
 The HTTPS listener asks for a client certificate from the PTA CA but does not require one
 (``common.tls.server_context(..., require_client_cert=False)``: CERT_OPTIONAL), so bearer

@@ -1,4 +1,4 @@
-"""Every SQL statement of the CA, in one place (STYLE.md section 1).
+"""Every SQL statement of the CA, in one place (docs/contributing.md §1).
 
 Tables ``tenants``, ``agents`` and ``revocations`` come from
 ``common/migrations/001_tenants_and_agents.sql`` (``003_ca.sql`` adds two agent columns).

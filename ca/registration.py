@@ -1,4 +1,4 @@
-"""``POST /agents/register``: a tenant admin enrols an agent (DESIGN.md flow 1).
+"""``POST /agents/register``: a tenant admin enrols an agent (docs/design.md §3.1).
 
 Order of checks, each failing before anything is stored:
 1. the bearer token (``ca.admin_tokens``): 401 ``invalid_token``, 403 ``insufficient_role``;

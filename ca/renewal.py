@@ -244,7 +244,7 @@ async def complete(conn: asyncpg.Connection, agent: AgentRecord, now: dt.datetim
 
 
 def should_renew(not_after: dt.datetime, *, now: dt.datetime, renew_before_days: int) -> bool:
-    """True from ``renew_before_days`` before the certificate expires (DESIGN.md flow 4)."""
+    """True from ``renew_before_days`` before the certificate expires (docs/design.md §3.4)."""
     return now >= not_after - dt.timedelta(days=renew_before_days)
 
 

@@ -1,4 +1,4 @@
-"""What the CA's handlers share, under typed ``web.AppKey``s (STYLE.md section 6).
+"""What the CA's handlers share, under typed ``web.AppKey``s (docs/contributing.md §6).
 
 ``ca.app`` fills these in ``create_app`` (values without I/O) and in its ``cleanup_ctx``
 generators (the database pool, the HTTP session, the adapters built on them). Handlers

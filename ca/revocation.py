@@ -1,4 +1,4 @@
-"""Revocation: deleting an agent, and the CRLs of both CAs (DESIGN.md flow 4).
+"""Revocation: deleting an agent, and the CRLs of both CAs (docs/design.md §3.4).
 
 ``DELETE /agents/{id}`` (bearer admin): in one transaction with the agent row locked,
 record the certificate's serial in ``revocations``, delete the agent's broker user, delete

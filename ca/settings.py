@@ -1,7 +1,7 @@
 """The CA's settings: one frozen object, built once in ``ca.main`` and passed down.
 
 Every field is read from the environment with the prefix ``PTA_CA_`` (``PTA_CA_PORT``,
-``PTA_CA_POSTGRES_DSN``, ...). Nothing below ``main`` reads ``os.environ`` (STYLE.md
+``PTA_CA_POSTGRES_DSN``, ...). Nothing below ``main`` reads ``os.environ`` (docs/contributing.md
 section 4). Files must exist when the settings are built, URLs must have the right scheme:
 a bad setting fails at start with pydantic's message, which names the field.
 """
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     # The HTTPS server certificate (issued by the service TLS CA) and its key.
     tls_cert_file: FilePath
     tls_key_file: FilePath
-    # The PTA CA: signs agent client certificates and nothing else (DESIGN.md flow 1).
+    # The PTA CA: signs agent client certificates and nothing else (docs/design.md §3.1).
     pta_ca_cert_file: FilePath
     pta_ca_key_file: FilePath
     # The service TLS CA: only its CRL is published here.
@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     agent_cert_lifetime_days: int = Field(default=180, ge=1, le=825)
     access_key_lifetime_s: int = Field(default=86_400, ge=60)
     heartbeat_interval_s: int = Field(default=600, ge=1)
-    # An envelope carries at most 40 wrapped keys (common.wire.MAX_RECIPIENTS, DESIGN.md).
+    # An envelope carries at most 40 wrapped keys (common.wire.MAX_RECIPIENTS, docs/design.md).
     max_agents_per_tenant: int = Field(
         default=MAX_AGENTS_PER_TENANT, ge=1, le=MAX_AGENTS_PER_TENANT
     )

@@ -1,6 +1,6 @@
 """``POST /agents/sync`` (mutual TLS): an agent tells the cloud its directory's users.
 
-The cloud must know who may sign in (DESIGN.md flow 3: the STS answers AADSTS50034 for
+The cloud must know who may sign in (docs/design.md §3.3: the STS answers AADSTS50034 for
 an unknown user without asking an agent) and never their passwords. ``pta-agent sync``
 (and ``pta-agent run`` periodically) reads the users from the directory and sends them
 here in batches of one run (``agent/sync.py``).

@@ -16,11 +16,11 @@ AGENT_CLIENT_ID: Final = "pta-agent"
 # Audience of the admin access tokens the CA accepts for registration and deletion.
 CA_AUDIENCE: Final = "urn:pta:ca"
 CA_SCOPE: Final = f"{CA_AUDIENCE}/.default"
-# The role a tenant admin needs to register or delete agents (DESIGN.md flow 1).
+# The role a tenant admin needs to register or delete agents (docs/design.md §3.1).
 ADMIN_ROLE: Final = "hybrid_identity_admin"
 MAX_AGENTS_PER_TENANT: Final = 40
 
-# Broker names (DESIGN.md flow 2 and 3). Each tenant has its own virtual host holding its
+# Broker names (docs/design.md §3.2 and 3). Each tenant has its own virtual host holding its
 # request queue and its own `pta.replies` exchange: RabbitMQ checks no permission on a
 # passive declare, so a shared vhost would let one tenant's agent probe another tenant's
 # queue (existence, backlog, consumers). Agents get permissions in their tenant's vhost

@@ -1,9 +1,9 @@
 """Envelope crypto: the password sealed by the STS for its tenant's agents, and reply MACs.
 
-Pure functions (STYLE.md section 3): no I/O, no clock reads (callers pass `now`), no
+Pure functions (docs/contributing.md §3): no I/O, no clock reads (callers pass `now`), no
 module-level keys. The wire shapes live in `common.wire`; this module fills and opens them.
 
-Sealing (DESIGN.md "Wire formats"): a fresh AES-256-GCM content key and 96-bit nonce per
+Sealing (docs/design.md §4): a fresh AES-256-GCM content key and 96-bit nonce per
 request encrypt the plaintext JSON `{"password": ..., "reply_key": <b64 32 bytes>}`; the
 content key is wrapped for each recipient agent with RSA-OAEP (SHA-256, MGF1-SHA-256,
 empty label). The key is fresh per request, so a nonce can never repeat under one key.
@@ -20,7 +20,7 @@ Canonical encodings, each fixed in exactly one function (known-answer tests pin 
     field(b"pta.reply.mac") | field(request_id) | field(agent_id) | field(status)).
   The labels separate the two domains.
 
-What is not authenticated, by DESIGN.md's field lists: a request's `issued_at` (so
+What is not authenticated, by the field lists of docs/design.md §4: a request's `issued_at` (so
 `check_fresh` uses it only for sanity; its real bound is on the authenticated
 `expires_at`), and a reply's `kid`, `detail` and `elapsed_ms` (informational only).
 
@@ -28,12 +28,12 @@ Freshness (`check_fresh`): refused when `now >= expires_at`, and when the window
 implausible: `expires_at - now > MAX_LIFETIME_S + MAX_CLOCK_SKEW_S` (authenticated once
 opened; it bounds how long an agent's replay cache must remember a request id),
 `issued_at > now + MAX_CLOCK_SKEW_S`, or `expires_at - issued_at` outside (0,
-MAX_LIFETIME_S]. The default deadline is 10 s (DESIGN.md flow 3); 120 s leaves room for
+MAX_LIFETIME_S]. The default deadline is 10 s (docs/design.md §3.3); 120 s leaves room for
 configuration without letting a captured request live long. Agents should call
 `check_fresh` before `open_`: it is free, while unwrapping costs an RSA private operation.
 
 Errors: `EnvelopeError` and its subclasses; the class docstring is the message and no
-message ever contains a password, reply key or content key (DESIGN.md "Security rules").
+message ever contains a password, reply key or content key (docs/design.md §7).
 `KeyNotFound` and `DecryptFailed` carry the reply status an agent sends for them.
 """
 
@@ -109,7 +109,7 @@ _OAEP: Final = padding.OAEP(
 class EnvelopeError(Exception):
     """The request envelope could not be used."""
 
-    # The reply status an agent sends when this is why it gave up (DESIGN.md table).
+    # The reply status an agent sends when this is why it gave up (docs/design.md §5).
     status: ClassVar[Status] = Status.AGENT_ERROR
 
     def __init__(self) -> None:
@@ -146,7 +146,7 @@ class Opened:
 
 
 class _Plaintext(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The GCM plaintext (DESIGN.md "Wire formats"); reply_key travels as padded base64."""
+    """The GCM plaintext (docs/design.md §4); reply_key travels as padded base64."""
 
     password: str
     reply_key: bytes
@@ -162,7 +162,7 @@ _PLAINTEXT_DECODER: Final = msgspec.json.Decoder(_Plaintext)
 def kid_for(public_key: RSAPublicKey) -> str:
     """Return an agent's key id: base64url, unpadded, of SHA-256 over its DER SPKI.
 
-    The CA stores it at registration (DESIGN.md flow 1, step 5) and the agent finds its
+    The CA stores it at registration (docs/design.md §3.1, step 5) and the agent finds its
     wrapped key by it. One definition for both sides: `common.pki.spki_sha256_kid`.
     Compute it once per key, not per request.
     """
@@ -211,7 +211,7 @@ def seal(
     issued_at: float,
     expires_at: float,
 ) -> RequestEnvelope:
-    """Encrypt a password and reply key for the tenant's agents (DESIGN.md flow 3, step 2).
+    """Encrypt a password and reply key for the tenant's agents (docs/design.md §3.3, step 2).
 
     `recipients` are (kid, public key) pairs of the tenant's active agents, keys already
     loaded (kids are trusted as given: compute them once with `kid_for`). Any one of them
@@ -267,7 +267,7 @@ def seal(
 
 
 def open_(envelope: RequestEnvelope, private_key: RSAPrivateKey, kid: str) -> Opened:
-    """Decrypt an agent's copy of the password and the reply key (DESIGN.md flow 3, step 3).
+    """Decrypt an agent's copy of the password and the reply key (docs/design.md §3.3, step 3).
 
     Raises `KeyNotFound` if no recipient has `kid`, and `DecryptFailed` if the wrapped key
     does not unwrap with `private_key` or GCM rejects the ciphertext, i.e. any of `v`,
@@ -335,7 +335,7 @@ def reply_mac(reply_key: bytes, request_id: str, agent_id: str, status: Status) 
     status) encoding in the module docstring.
 
     Only an agent that opened the request knows `reply_key`, so the STS can tell its
-    reply from one forged by another agent, tenant or process (DESIGN.md "Wire formats").
+    reply from one forged by another agent, tenant or process (docs/design.md §4).
     """
     message = b"".join(
         (
@@ -351,7 +351,7 @@ def reply_mac(reply_key: bytes, request_id: str, agent_id: str, status: Status) 
 def verify_reply(reply: Reply, reply_key: bytes) -> bool:
     """Return whether `reply.mac` is the MAC of its request id, agent id and status.
 
-    Constant-time comparison (STYLE.md section 3). An empty MAC (the unauthenticated
+    Constant-time comparison (docs/contributing.md §3). An empty MAC (the unauthenticated
     failure statuses) is never valid. The caller still checks that the request id, tenant
     and agent are the ones it expects.
     """

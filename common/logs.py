@@ -11,7 +11,7 @@ the parser's exception class (not its message: that quotes the client's bytes), 
 a traceback.
 
 Two processors keep secrets out of every line:
-- `redact` drops any event key that names a secret (DESIGN.md security rules: no
+- `redact` drops any event key that names a secret (docs/design.md §7: no
   password, key or token is ever written to a log), so a careless
   `log.info("x", password=...)` writes `"password": "[redacted]"`, not the secret;
 - `mask_typed_usernames`: a username typed into a form may hold a password by mistake

@@ -6,7 +6,7 @@ outbound TLS connection (agent to CA, updater to CA, tools to STS), and
 ``strict_transport_security``, the signal handler that adds HSTS to every HTTPS answer of
 an aiohttp application (the STS and the CA API).
 
-Why one builder (STYLE.md section 3, DESIGN.md "Security rules": every TLS channel
+Why one builder (docs/contributing.md §3, docs/design.md §7: every TLS channel
 verifies its peer, the agent pins its CA bundle):
 - TLS 1.2 is the minimum; for TLS 1.2 only ECDHE key exchange with AEAD ciphers is
   offered (forward secrecy, no CBC; the TLS 1.3 suites are all AEAD already).

@@ -1,9 +1,9 @@
-"""Wire format version 1: every byte that crosses STS and agent (DESIGN.md "Wire formats").
+"""Wire format version 1: every byte that crosses STS and agent (docs/design.md §4).
 
 Two messages travel over AMQP: the sign-in request (`RequestEnvelope`, STS -> agent, on the
 tenant's queue) and the agent's answer (`Reply`, agent -> STS, via exchange `pta.replies`).
 Both are JSON (UTF-8) produced and parsed by msgspec into frozen Structs that reject unknown
-fields (STYLE.md section 3). `decode_request` and `decode_reply` return a model or raise
+fields (docs/contributing.md §3). `decode_request` and `decode_reply` return a model or raise
 `WireError`; no `dict[str, Any]` leaves this module. It is also the only code that reads or
 writes AMQP message properties (`request_message`, `reply_message`, `correlation_of`).
 
@@ -17,7 +17,7 @@ Validated at the edge, because it is cheap and a hostile queue is the threat mod
 - `nonce` is base64 of exactly 12 bytes; `ciphertext` is base64 of 16 (the GCM tag) to
   8 KiB; each recipient's wrapped key is base64 of 256..512 bytes (RSA-2048..4096);
   `kid` is base64url without padding of a SHA-256 digest (43 characters);
-- 1..40 recipients (DESIGN.md: at most 40 agents per tenant), no kid twice;
+- 1..40 recipients (docs/design.md: at most 40 agents per tenant), no kid twice;
 - timestamps are finite, positive and before the year 2286; `elapsed_ms` is 0..1 hour;
 - `detail` is at most 200 characters; `status` is one of `Status`;
 - `mac` is base64 of 32 bytes, or empty for the statuses an agent reaches before it holds the
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 WIRE_VERSION: Final = 1
-MAX_RECIPIENTS: Final = 40  # DESIGN.md flow 1: at most 40 registered agents per tenant
+MAX_RECIPIENTS: Final = 40  # docs/design.md §3.1: at most 40 registered agents per tenant
 MAX_USERNAME_CHARS: Final = 1024
 MAX_DETAIL_CHARS: Final = 200
 NONCE_BYTES: Final = 12  # AES-GCM 96-bit nonce (NIST SP 800-38D section 5.2.1.1)
@@ -121,7 +121,7 @@ class WireError(Exception):
 
 
 class Status(enum.StrEnum):
-    """An agent's answer to one request (DESIGN.md "Results and error codes")."""
+    """An agent's answer to one request (docs/design.md §5)."""
 
     SUCCESS = "success"
     INVALID_CREDENTIALS = "invalid_credentials"
@@ -140,7 +140,7 @@ class Status(enum.StrEnum):
 
 
 # An agent that cannot unwrap or open the envelope never learns the reply key, so these
-# replies carry an empty `mac`. They can only make a sign-in fail (DESIGN.md flow 3).
+# replies carry an empty `mac`. They can only make a sign-in fail (docs/design.md §3.3).
 UNAUTHENTICATED_STATUSES: Final = frozenset(
     {Status.DECRYPT_FAILED, Status.KEY_NOT_FOUND, Status.AGENT_ERROR}
 )
@@ -266,10 +266,10 @@ def request_message(
     publisher: str,
     trace_id: str | None = None,
 ) -> aio_pika.Message:
-    """Wrap a request for publishing to `pta.tenant.<tenant id>` (DESIGN.md flow 3, step 2).
+    """Wrap a request for publishing to `pta.tenant.<tenant id>` (docs/design.md §3.3, step 2).
 
     `message_id` and `correlation_id` are the request id; `correlation_id` must equal
-    `env.request_id` (DESIGN.md fixes it). `expiration_s` (the time left to the deadline)
+    `env.request_id` (docs/design.md fixes it). `expiration_s` (the time left to the deadline)
     becomes the per-message TTL, which aio-pika truncates to whole milliseconds; the
     message is not persistent: a sign-in is useless after its deadline. `publisher` is the
     publishing connection's broker user, sent as the AMQP `user_id`: RabbitMQ refuses a
@@ -280,7 +280,7 @@ def request_message(
     Raises `ValueError` if `correlation_id` is not the request id or the deadline passed.
     """
     if correlation_id != env.request_id:
-        raise ValueError("correlation_id must be the request id (DESIGN.md flow 3)")
+        raise ValueError("correlation_id must be the request id (docs/design.md §3.3)")
     if not (math.isfinite(expiration_s) and expiration_s > 0):
         raise ValueError("expiration_s must be positive and finite: the deadline has passed")
     headers: dict[str, aio_pika.abc.FieldValue] | None = (

@@ -1,4 +1,4 @@
-"""The stack's key material, made once at the first `up` (DESIGN.md flow 1).
+"""The stack's key material, made once at the first `up` (docs/design.md §3.1).
 
 Two separate authorities, as the design demands: the PTA CA signs agent client
 certificates and nothing else; the service TLS CA issues the STS and CA servers' HTTPS

@@ -21,7 +21,7 @@ BULK_USERS_PER_TENANT = 1000
 
 
 class UserState(StrEnum):
-    """A directory user's state, as DESIGN.md lists them."""
+    """A directory user's state, as docs/design.md lists them."""
 
     ACTIVE = "active"
     PASSWORD_EXPIRED = "password_expired"  # noqa: S105 - a state name, not a password

@@ -61,7 +61,7 @@ SERVICE_POLICY_DN = f"cn=service,{POLICIES_DN}"
 
 MAX_AGE_S = 365 * 24 * 3600  # pwdMaxAge: an active seed stays valid for a year
 LOCKOUT_DURATION_S = 900  # pwdLockoutDuration: 15 min, AD-like auto-unlock
-# pwdMaxFailure. DESIGN.md ("Security rules") wants the STS smart lockout to trip before
+# pwdMaxFailure. docs/design.md (§7, security rules) wants the STS smart lockout to trip before
 # the directory's: the stack runs the STS at threshold 4 (infra/services.py) with a first
 # lockout of 120 s, longer than slapd's 60 s window plus a request timeout and a margin,
 # so no window of slapd's ever sees 5 failures: guessing is stopped in the cloud and the
@@ -186,7 +186,7 @@ def config_ldif(
                 ("olcArgsFile", _config_path(paths.args_file)),
                 ("olcTLSCertificateFile", _config_path(paths.tls_cert)),
                 ("olcTLSCertificateKeyFile", _config_path(paths.tls_key)),
-                ("olcTLSProtocolMin", "3.3"),  # TLS 1.2 or later (STYLE.md section 3)
+                ("olcTLSProtocolMin", "3.3"),  # TLS 1.2 or later (docs/contributing.md §3)
                 # Nothing to syslog (there is no syslogd here, and each failed syslog()
                 # costs a connect() per operation); errors reach stderr via `-d none`.
                 ("olcLogLevel", "0"),

@@ -1,6 +1,6 @@
 """A private PostgreSQL 15 cluster on its own loopback port.
 
-initdb, pg_ctl and postgres refuse to run as root (INFRA-NOTES.md), so as root the cluster
+initdb, pg_ctl and postgres refuse to run as root (docs/servers.md), so as root the cluster
 belongs to the stack user, `ptastack`, and lives in that user's folder outside the
 checkout (infra.stackuser), which it can reach wherever the checkout is. Otherwise it
 runs as the invoking user in `<state>/postgres/`. After start, `configure` creates the

@@ -1,7 +1,7 @@
 """A private RabbitMQ node: own node name, ports, Erlang cookie, epmd, data and logs.
 
-Stands in for Azure Service Bus (DESIGN.md). Everything the node reads comes from the
-environment we give it (INFRA-NOTES.md): HOME (cookie), a private epmd on its own port,
+Stands in for Azure Service Bus (docs/design.md). Everything the node reads comes from the
+environment we give it (docs/servers.md): HOME (cookie), a private epmd on its own port,
 distribution bound to 127.0.0.1, the management plugin on its own loopback port.
 
 AMQP is spoken over TLS only (issue 8, finding 13): the one AMQP port is an AMQPS listener
@@ -201,7 +201,7 @@ class RabbitMQ:
                 env=env,
                 directory=str(self.dir),
                 # A graceful stop spends ~5 s stopping management statistics; a throwaway
-                # test broker is simply killed (INFRA-NOTES.md).
+                # test broker is simply killed (docs/servers.md).
                 stop_signal="TERM" if self.durable else "KILL",
                 stop_wait_s=30,
                 start_s=2,

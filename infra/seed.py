@@ -1,7 +1,7 @@
 """Seed the cloud database with the demo tenants: tenant, verified domain, admin, app.
 
 Idempotent (upserts keyed by the ids in demo.json), so a second `up` changes nothing.
-The admin password is stored only as an argon2id hash (DESIGN.md: the cloud never stores a
+The admin password is stored only as an argon2id hash (docs/design.md: the cloud never stores a
 directory password; cloud-only admin passwords are hashed with a memory-hard KDF).
 """
 

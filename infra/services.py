@@ -26,7 +26,7 @@ from infra.demo import Demo, DemoTenant
 from infra.ldif import FAILURE_COUNT_INTERVAL_S, MAX_FAILURE
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
 
-# How many agents `make up` registers per tenant (DESIGN.md: three for contoso, two for
+# How many agents `make up` registers per tenant (docs/design.md: three for contoso, two for
 # fabrikam, so that both multi-agent and cross-tenant behaviour show).
 AGENTS_PER_TENANT = {"contoso.test": 3, "fabrikam.test": 2}
 STS_LOCKOUT_THRESHOLD = 4
@@ -121,9 +121,9 @@ class Services:
                     "PTA_STS_AMQP_URL": self.amqp_url,
                     "PTA_STS_SIGNING_KEY_DIR": str(self.pki.signing_key_dir),
                     "PTA_STS_INSTANCE_ID": f"sts{i + 1}",
-                    # Below the directory's own lockout (slapd ppolicy: 5 failures), as
-                    # DESIGN.md's smart lockout rule asks, so attackers are stopped in the
-                    # cloud before they lock users out on-premises; the STS refuses to
+                    # Below the directory's own lockout (slapd ppolicy: 5 failures), as the
+                    # smart lockout rule of docs/design.md §7 asks, so attackers are stopped
+                    # in the cloud before they lock users out on-premises; the STS refuses to
                     # start if the numbers do not guarantee it.
                     "PTA_STS_LOCKOUT_THRESHOLD": str(STS_LOCKOUT_THRESHOLD),
                     "PTA_STS_LOCKOUT_DURATION_S": str(STS_LOCKOUT_DURATION_S),

@@ -61,7 +61,7 @@ class SocketPathTooLong(StackError):
 
 
 def _message(error: type[StackError]) -> str:
-    """An error class's docstring as one line (the default message, STYLE.md section 5)."""
+    """An error class's docstring as one line (the default message, docs/contributing.md §5)."""
     return " ".join((error.__doc__ or "").split())
 
 

@@ -2,7 +2,7 @@
 
 `up` is idempotent: on a running stack it reports what runs and starts what stopped. It
 waits for real readiness (AMQP handshake, `SELECT 1`, an LDAP bind), applies the schema,
-seeds the demo tenants and writes `<state>/stack.json` (the contract of DESIGN.md).
+seeds the demo tenants and writes `<state>/stack.json` (the contract of docs/design.md).
 `down` stops every process it started, checked by pid, and leaves none behind.
 """
 
@@ -236,7 +236,7 @@ class Stack:
                 report.started += started_agents
                 if any(name.startswith("agent-") for name in started_agents):
                     await self.services.wait_agents_active(agents_since, READY_TIMEOUT_S)
-                    # The cloud learns who may sign in (DESIGN.md flow 3): one sync per
+                    # The cloud learns who may sign in (docs/design.md §3.3): one sync per
                     # tenant now; running agents repeat it on their own schedule.
                     await asyncio.to_thread(self.services.sync_users)
         except BaseException:
@@ -307,7 +307,7 @@ class Stack:
         return self.state_dir / "stack.json"
 
     def stack_json(self) -> dict[str, Any]:
-        """The stack.json document (DESIGN.md "Running it"): URLs, CA bundle, demo logins."""
+        """The stack.json document (docs/design.md §8): URLs, CA bundle, demo logins."""
         p = self.layout.ports
         return {
             "sts_url": self.services.sts_url,

@@ -1,6 +1,6 @@
 """The stack user and its data folder, outside the checkout.
 
-initdb and postgres refuse to run as root (INFRA-NOTES.md), so as root PostgreSQL runs as
+initdb and postgres refuse to run as root (docs/servers.md), so as root PostgreSQL runs as
 the unprivileged system user `ptastack`, created on first use. That user must reach every
 file the server opens, and a checkout in a private folder (root's home is 0700, so is a
 `mktemp -d`) is out of its reach. Rather than widen the checkout's modes or add ACLs
@@ -51,7 +51,7 @@ class StackUserCannotWrite(StackError):
 
 
 def _message(error: type[StackError]) -> str:
-    """An error class's docstring as one line (the default message, STYLE.md section 5)."""
+    """An error class's docstring as one line (the default message, docs/contributing.md §5)."""
     return " ".join((error.__doc__ or "").split())
 
 

@@ -2,7 +2,7 @@
 
 Run it with `pta-sts` (settings from `PTA_STS_*` variables, listed in `sts.settings`).
 Stateless: every replica reads the same PostgreSQL, so any number can run behind a load
-balancer. Endpoints so far (DESIGN.md "Cloud endpoints"):
+balancer. Endpoints so far (docs/design.md §6):
 
 | method path | module |
 |---|---|

@@ -1,4 +1,4 @@
-"""Cloud-only administrators: the accounts the STS itself verifies (DESIGN.md flow 1).
+"""Cloud-only administrators: the accounts the STS itself verifies (docs/design.md §3.1).
 
 PTA admins (role `hybrid_identity_admin`) are cloud-only: their password is an argon2id
 hash in `admins`, and they must be able to sign in when every agent is down (Entra's

@@ -1,8 +1,8 @@
 """Each tenant's active agents and their loaded public keys, cached per STS process.
 
-Sealing an envelope (DESIGN.md flow 3, step 2) needs every active agent of the tenant:
+Sealing an envelope (docs/design.md §3.3, step 2) needs every active agent of the tenant:
 its id, key id and RSA public key. Loading a key from DER costs far more than the RSA
-wrap itself (INFRA-NOTES: load keys once), and a query per sign-in would be wasted: agents
+wrap itself (docs/servers.md: load keys once), and a query per sign-in would be wasted: agents
 change a few times a day. So the keys are cached per tenant and kept fresh by
 PostgreSQL LISTEN/NOTIFY: migration 005 fires `pg_notify('pta_agents', tenant_id)` when an
 agent row is inserted, deleted, or its key, tenant or certificate expiry changes

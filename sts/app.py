@@ -4,7 +4,7 @@
 start), and registers `cleanup_ctx`s that open the database pool, the password hashing
 thread pool and the sign-in path (`sts.passwords.sign_in_resources`: broker connection,
 agent key LISTEN connection, sign-in log writer) at startup and close them at shutdown
-(STYLE.md section 6). Every resource sits under a typed `web.AppKey` in the module of
+(docs/contributing.md §6). Every resource sits under a typed `web.AppKey` in the module of
 its concept.
 
 Middlewares, outermost first: correlation (ids, log context, response headers), then

@@ -1,6 +1,6 @@
 """Per-request correlation: the ids that tie a client's request to our logs and answers.
 
-The middleware runs first on every request (STYLE.md section 7). It takes the client's
+The middleware runs first on every request (docs/contributing.md §7). It takes the client's
 `client-request-id` header when it is a UUID (MSAL sends one; anything else could be log
 injection) or makes a fresh one, makes a fresh trace id, binds `correlation_id` with
 structlog contextvars for every log line of the request, and sends both back as

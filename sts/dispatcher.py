@@ -1,6 +1,6 @@
 """The STS side of flow 3: publish a sealed request to the tenant's agents, match the reply.
 
-aio-pika's request/reply pattern (`patterns/rpc.py`, STYLE.md), per STS process. Each
+aio-pika's request/reply pattern (`patterns/rpc.py`, docs/contributing.md), per STS process. Each
 tenant has its own vhost (`pta.<tenant id>`, `common.contracts.tenant_vhost`), and an AMQP
 connection reaches one vhost, so the STS keeps one `TenantLink` per tenant, opened on the
 first sign-in that needs it (one open at a time per tenant; a failed open answers
@@ -31,7 +31,7 @@ in line only the first time, when it is older than `MAX_COUNT_AGE_S`, or when it
 is stale (a tenant with no agent is failing anyway). A missing tenant queue counts 0: the
 CA declares it (with the vhost) when the tenant's first agent registers; the STS may not.
 
-Replies are checked before they are believed (DESIGN.md flow 3, step 4):
+Replies are checked before they are believed (docs/design.md §3.3, step 4):
 1. `wire.decode_reply`; a body that does not decode is dropped and counted;
 2. the AMQP correlation id must equal the body's request id;
 3. the request id must be pending here; otherwise it is a late reply (after the deadline,

@@ -1,8 +1,8 @@
 """OAuth errors with their wire identity, and the one middleware that renders them.
 
 Handlers raise; `error_middleware` renders. Each class carries the OAuth `error`, the
-AADSTS code and the HTTP status; its docstring is the default description (STYLE.md
-section 5). JSON keeps Entra's shape (DESIGN.md "Results and error codes"):
+AADSTS code and the HTTP status; its docstring is the default description (docs/contributing.md
+section 5). JSON keeps Entra's shape (docs/design.md §5):
 
     {"error": "invalid_grant", "error_description": "AADSTS50126: ...",
      "error_codes": [50126], "timestamp": "2025-01-01 00:00:00Z",
@@ -223,7 +223,7 @@ class InvalidUsername(GrantError):
 class LogonHoursInvalid(GrantError):
     """The user tried to sign in outside the allowed hours or from a workstation not allowed."""
 
-    # DESIGN.md's table: logon_hours answers AADSTS50053 (Entra's 80012 is not used).
+    # the table of docs/design.md §5: logon_hours answers AADSTS50053 (Entra's 80012 is not used).
     code = 50053
 
 
@@ -354,7 +354,7 @@ AGENT_STATUS_ERRORS: dict[Status, type[OAuthError]] = {
     Status.KEY_NOT_FOUND: AgentKeyNotFound,
     Status.AGENT_ERROR: AgentFailed,
 }
-"""DESIGN.md's table: the error for each agent status other than success."""
+"""the table of docs/design.md §5: the error for each agent status other than success."""
 
 
 # --------------------------------------------------------------------------- rendering
@@ -428,7 +428,7 @@ def _from_http(exc: web.HTTPException) -> OAuthError:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render OAuthError, aiohttp's HTTP errors and unexpected faults (STYLE.md section 5)."""
+    """Render OAuthError, aiohttp's HTTP errors and unexpected faults (docs/contributing.md §5)."""
     try:
         return await handler(request)
     except OAuthError as exc:

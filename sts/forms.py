@@ -1,7 +1,7 @@
 """Reading `application/x-www-form-urlencoded` bodies at the edge, strictly.
 
 Every OAuth endpoint and the device login page read their input here, with a per-field
-length limit, before anything else looks at it (STYLE.md: validate at the edge):
+length limit, before anything else looks at it (docs/contributing.md: validate at the edge):
 - the body must be form-encoded UTF-8 (the app's `client_max_size` bounds its size: 413);
 - at most `MAX_FIELDS` fields; unknown fields are ignored (RFC 6749 section 3.2);
 - a known field sent twice is refused (RFC 6749 section 3.2), as is a value over its limit

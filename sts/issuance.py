@@ -17,7 +17,7 @@ Anything else is AADSTS70011 invalid_scope.
 Claims: access tokens carry `iss` (`{public_url}/{tenant id}/v2.0`), `aud`, `tid`, `oid`,
 `sub` (= `oid`: one stable subject for every relying party, "public" subject type),
 `preferred_username`, `name`, `roles`, `azp` (the client), `ver` "2.0", `jti`, `iat`,
-`nbf`, `exp`. ID tokens (DESIGN.md) carry `iss`, `aud` (the client), `sub`, `oid`, `tid`,
+`nbf`, `exp`. ID tokens (docs/design.md) carry `iss`, `aud` (the client), `sub`, `oid`, `tid`,
 `preferred_username`, `name`, `ver`, `iat`, `nbf`, `exp`, and `nonce` when one was sent,
 `auth_time` when the grant knows when the user signed in (browser sign-in).
 Tokens are about a `Principal`: a cloud-only admin or a synced user (roles empty).

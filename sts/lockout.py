@@ -1,6 +1,6 @@
 """Smart lockout: stop password guessing in the cloud, before the directory locks the user.
 
-DESIGN.md security rules: per user, threshold 10 and 60 s by default, each further
+docs/design.md §7: per user, threshold 10 and 60 s by default, each further
 lockout longer, counted across all STS replicas, configured below the directory's own
 lockout threshold so that attackers are stopped before they lock users out on-premises.
 

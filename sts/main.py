@@ -36,7 +36,7 @@ SHUTDOWN_TIMEOUT_S = 10.0
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop where available (INFRA-NOTES: ~30% less CPU per request), else asyncio's."""
+    """uvloop where available (docs/servers.md: ~30% less CPU per request), else asyncio's."""
     try:
         import uvloop
     except ImportError:  # not on Windows; the service still runs
@@ -90,7 +90,7 @@ async def serve(
 async def _run(
     app: web.Application, addresses: list[tuple[str, int]], ssl_context: ssl.SSLContext | None
 ) -> None:
-    """`serve` with SIGTERM and SIGINT turned into `stop` (STYLE.md section 6)."""
+    """`serve` with SIGTERM and SIGINT turned into `stop` (docs/contributing.md §6)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,18 +1,18 @@
 """`AgentPasswordValidator`: the `sts.signin.PasswordValidator` of synced users.
 
-One call is one sign-in attempt (DESIGN.md flow 3), in this order, the first answer wins:
+One call is one sign-in attempt (docs/design.md §3.3), in this order, the first answer wins:
 1. the user: the typed name normalised once (`common.usernames`), then a synced user of
    this tenant (`users`, tenant-scoped, with their lockout state in the same query);
    unknown is AADSTS50034, and no agent is asked;
 2. smart lockout (`sts.lockout`): a locked user is AADSTS50053, no agent is asked;
 3. an empty password is AADSTS50126 at once, never sent (an LDAP simple bind with an
-   empty password is an anonymous bind and "succeeds": DESIGN.md security rules); so is
+   empty password is an anonymous bind and "succeeds": docs/design.md §7); so is
    a recent wrong password of this user (`LockoutPolicy.is_repeat`): the directory
    never counts a stale password twice; then a place in flight (`LockoutStore.enter`);
 4. the envelope: sealed (`common.envelope.seal`) for every active agent of the tenant
    (`sts.agent_keys`) with a fresh request id and reply key, deadline `request_timeout_s`;
    no active agent (or no broker configured) is AADSTS80001;
-5. dispatch (`sts.dispatcher`) and the agent's answer mapped by DESIGN.md's table
+5. dispatch (`sts.dispatcher`) and the agent's answer mapped by the table of docs/design.md §5
    (`error_for`);
 6. lockout bookkeeping: `invalid_credentials` counts a failure, `success` clears them,
    an attempt nobody answered counts as a failure (`Settlement.UNANSWERED`);
@@ -114,7 +114,7 @@ STS_OUTCOME_ERRORS: dict[StsOutcome, type[OAuthError]] = {
     StsOutcome.FORGED_REPLY: AgentReplyInvalid,
     StsOutcome.REPEATED_PASSWORD: InvalidCredentials,
 }
-"""DESIGN.md's table, the rows without an agent status."""
+"""the table of docs/design.md §5, the rows without an agent status."""
 
 _STS_OUTCOMES = frozenset(str(o) for o in StsOutcome)
 
@@ -223,7 +223,7 @@ class AgentPasswordValidator:
     async def validate(
         self, tenant: Tenant, username: str, password: str, context: SignInContext
     ) -> SignedInUser:
-        """The signed-in user, or raises the OAuthError of DESIGN.md's table."""
+        """The signed-in user, or raises the OAuthError of the table of docs/design.md §5."""
         started = time.perf_counter()
         try:
             attempt = await self._attempt(tenant, username, password, context)

@@ -2,7 +2,7 @@
 
 The authorize endpoint stores the client's `code_challenge`; the token endpoint checks
 that `BASE64URL(SHA256(ASCII(code_verifier)))` equals it (section 4.6), compared in
-constant time (STYLE.md section 3). The `plain` method is refused: it protects nothing
+constant time (docs/contributing.md §3). The `plain` method is refused: it protects nothing
 once the authorization request is observed (OAuth 2.0 Security BCP, section 2.1.1).
 
 - A verifier is 43 to 128 characters of the unreserved set `[A-Za-z0-9-._~]`

@@ -1,8 +1,8 @@
-"""Every SQL statement of the STS, behind one small class (STYLE.md section 1).
+"""Every SQL statement of the STS, behind one small class (docs/contributing.md §1).
 
 `Database` wraps the asyncpg pool. Each method is one unit of work bounded by
-`db_timeout_s` (pool acquire included: STYLE.md section 6, every outbound await has a
-timeout) and scoped by tenant wherever a tenant-owned row is read or written (DESIGN.md
+`db_timeout_s` (pool acquire included: docs/contributing.md §6, every outbound await has a
+timeout) and scoped by tenant wherever a tenant-owned row is read or written (docs/design.md
 security rules: tenant isolation holds in every query). Connection failures and timeouts
 become `DatabaseUnavailable` (503 temporarily_unavailable); any other database error is
 a bug and propagates to the 500 handler.
@@ -741,7 +741,7 @@ FROM users u
 LEFT JOIN lockouts l ON l.tenant_id = u.tenant_id AND l.username = u.username
 WHERE u.tenant_id = $1 AND u.username = $2"""
 
-# DESIGN.md flow 1: at most 40 agents per tenant, and at most 40 recipients per envelope.
+# docs/design.md §3.1: at most 40 agents per tenant, and at most 40 recipients per envelope.
 _ACTIVE_AGENTS = """
 SELECT id, kid, spki, cert_not_after FROM agents
 WHERE tenant_id = $1 AND cert_not_after > now()

@@ -1,6 +1,6 @@
 """The STS's settings: one frozen object, read from `PTA_STS_*` environment variables.
 
-Built once in `sts.main` and passed down (STYLE.md section 4); nothing below `main` reads
+Built once in `sts.main` and passed down (docs/contributing.md §4); nothing below `main` reads
 the environment. A bad value fails at start with a message that names the variable
 (`settings_error_message`), never at the first request.
 

@@ -2,7 +2,7 @@
 checked (smart lockout, dispatch to the tenant's agents, the sign-in log).
 
 Both the password grant (`sts.token`) and the browser flow (`sts.authorize`) call one
-`PasswordValidator`; it raises the `sts.errors.GrantError` whose AADSTS code DESIGN.md's
+`PasswordValidator`; it raises the `sts.errors.GrantError` whose AADSTS code docs/design.md's
 table gives for the outcome, or returns the signed-in user. Every call, successful or not,
 writes one sign-in log entry and one `sign_in` log line with the correlation id.
 """

@@ -1,6 +1,6 @@
 """The sign-in log: one row per password validation in `sign_ins`, written off the hot path.
 
-DESIGN.md flow 3, step 4: every sign-in is logged with its result and latency. A sign-in
+docs/design.md §3.3, step 4: every sign-in is logged with its result and latency. A sign-in
 only appends a row to an in-memory queue (`add`, never awaits, never blocks); a background
 task (`run`) writes the queue with one COPY per batch: as soon as `batch` rows are waiting,
 or `flush_interval_s` (~200 ms) after the first one arrived. The queue is bounded: when it
@@ -10,7 +10,7 @@ waits for its log row. A batch the database refuses is dropped too (logged, coun
 poisoned batch cannot stall the log. `close` writes what is left at shutdown.
 
 Rows carry no secret: the password never reaches this module, and `detail` is the agent's
-short operator text (DESIGN.md "Wire formats": never a secret).
+short operator text (docs/design.md §4: never a secret).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ signs. Rotation: drop a new key in the folder and restart the replicas one by on
 parties refresh their JWKS on an unknown kid, and old tokens still verify until the old
 file is removed (remove it no sooner than one token lifetime later).
 
-Keys are parsed once into key objects (INFRA-NOTES: parsing PEM per call costs
+Keys are parsed once into key objects (docs/servers.md: parsing PEM per call costs
 milliseconds). The kid is the RFC 7638 JWK thumbprint (SHA-256, base64url), so a kid
 names exactly one public key whoever computes it.
 """

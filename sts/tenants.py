@@ -1,4 +1,4 @@
-"""Resolving the `/{tenant}` path segment to a tenant (DESIGN.md "Cloud endpoints").
+"""Resolving the `/{tenant}` path segment to a tenant (docs/design.md §6).
 
 The segment is either the tenant's GUID or one of its verified domain names, compared
 case-insensitively. Anything else, including Entra's multi-tenant aliases `common`,

@@ -12,7 +12,7 @@ the first failure is the answer:
      (70011); `username`, `password` (900144); then a cloud-only admin of the tenant is
      verified by the STS (wrong password 50126), and anyone else goes to the tenant's
      agents through `sts.signin.PASSWORD_VALIDATOR` (`sts.passwords`: unknown user
-     50034, smart lockout 50053, the agent's answer by DESIGN.md's table, 800xx when
+     50034, smart lockout 50053, the agent's answer by the table of docs/design.md §5, 800xx when
      the agents cannot answer).
    - device code: see `sts.devicecode.redeem`.
    - authorization code (with PKCE) and refresh token: see `sts.codes` (the code's own
@@ -77,7 +77,7 @@ async def _password_grant(
 
     A cloud-only admin of the tenant is verified here (argon2id, `sts.admins`); anyone
     else is a synced user whose password the tenant's agents check
-    (`sts.signin.PASSWORD_VALIDATOR`: lockout, dispatch, DESIGN.md's error table).
+    (`sts.signin.PASSWORD_VALIDATOR`: lockout, dispatch, the table of docs/design.md §5).
     """
     if tenant.block_legacy_auth:
         raise LegacyAuthenticationBlocked()

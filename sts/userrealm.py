@@ -1,4 +1,4 @@
-"""Home-realm discovery: `GET /common/userrealm/{username}?api-version=1.0` (DESIGN.md flow 3).
+"""Home-realm discovery: `GET /common/userrealm/{username}?api-version=1.0` (docs/design.md §3.3).
 
 Maps a username's domain to how its tenant signs users in, in Entra's JSON shape, which
 MSAL for Python reads before its username/password flow (it only branches on

@@ -1,4 +1,4 @@
-"""pta-updater: keeps an on-premises agent current (DESIGN.md flow 4, "Update").
+"""pta-updater: keeps an on-premises agent current (docs/design.md §3.4, "Update").
 
 Planned: ask `GET {ca}/updates/latest` over mutual TLS every hour, verify the wheel's
 detached Ed25519 signature against the pinned publisher key, install side by side, restart

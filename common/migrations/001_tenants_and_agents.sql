@@ -1,5 +1,5 @@
 -- Tenants, their verified domains, cloud-only admins, app registrations, and the agents
--- registered to them (DESIGN.md flows 1, 2 and 4). Every tenant-owned row carries
+-- registered to them (docs/design.md §3.1, §3.2 and §3.4). Every tenant-owned row carries
 -- tenant_id so that every query can be scoped by tenant (security rule: isolation).
 
 CREATE TABLE tenants (

@@ -1,4 +1,4 @@
--- What the CA records about an agent beyond 001 (DESIGN.md flow 4, docs/architecture.md):
+-- What the CA records about an agent beyond 001 (docs/design.md §3.4, docs/architecture.md):
 -- the status the agent last reported in its heartbeat (status_detail keeps its free text),
 -- and when it last bootstrapped (fetched broker credentials), so admins can tell an agent
 -- that starts but never reports from one that never starts.

@@ -1,4 +1,4 @@
--- Users synced from the on-premises directory by `pta-agent sync` (DESIGN.md flow 3: the
+-- Users synced from the on-premises directory by `pta-agent sync` (docs/design.md §3.3: the
 -- cloud knows who may sign in, never their password). Written by the CA's mutual-TLS
 -- sync endpoint, read by the STS. A sign-in for a username not here answers AADSTS50034
 -- without contacting any agent.

@@ -1,4 +1,4 @@
--- The STS's sign-in path (DESIGN.md flow 3): change notifications for the agent key
+-- The STS's sign-in path (docs/design.md §3.3): change notifications for the agent key
 -- cache, smart lockout state shared by every replica, and the sign-in log.
 
 -- sts.agent_keys caches each tenant's active agents (id, kid, public key) per process and
@@ -40,7 +40,7 @@ CREATE TRIGGER agents_notify_truncate
     AFTER TRUNCATE ON agents
     FOR EACH STATEMENT EXECUTE FUNCTION pta_notify_agents();
 
--- Smart lockout (DESIGN.md security rules), one row per (tenant, sign-in name) that has
+-- Smart lockout (docs/design.md §7), one row per (tenant, sign-in name) that has
 -- failed recently; counted here so that every STS replica sees the same count. A
 -- success deletes the row. recent_failures holds keyed fingerprints (HMAC-SHA256 with a
 -- per-deployment secret, never a plain hash) of the last wrong passwords, so a repeat of

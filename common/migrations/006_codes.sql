@@ -1,5 +1,5 @@
 -- Authorization codes and refresh tokens of the browser sign-in flow (sts.codes,
--- DESIGN.md flow 3: "then an authorization code or tokens"). Stored, not kept in memory,
+-- docs/design.md §3.3: "then an authorization code or tokens"). Stored, not kept in memory,
 -- so that any STS replica redeems what another issued. Only the SHA-256 of a code or a
 -- token is stored (256 random bits each: a plain hash is enough, and the table redeems
 -- nothing if it leaks). The user is a snapshot of what the agent-validated sign-in

@@ -1,4 +1,4 @@
--- User sync runs (ca/sync.py, DESIGN.md flow 3): an agent sends its directory's users in
+-- User sync runs (ca/sync.py, docs/design.md §3.3): an agent sends its directory's users in
 -- batches of one run (sync_id); the last batch ends the run and the CA deletes the
 -- tenant's users that the run did not send. users.last_sync_id marks the rows a run
 -- wrote; user_syncs records when each run started (database clock), so that a run only

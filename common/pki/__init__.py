@@ -1,6 +1,6 @@
 """Certificate authority helpers shared by the CA service, the agent and the stack launcher.
 
-What: key generation, PEM encoding, the two self-signed CAs of DESIGN.md (the "PTA CA",
+What: key generation, PEM encoding, the two self-signed CAs of docs/design.md (the "PTA CA",
 which signs agent client certificates and nothing else, and the "service TLS CA", which
 signs the STS and CA HTTPS server certificates), CSR vetting, agent certificate issuance,
 agent identity parsing, issuer verification and CRLs.
@@ -14,14 +14,14 @@ Modules, one concept each: ``errors``, ``keys`` (key generation, PEM, key ids),
 CSRs), ``issuing`` (CAs, server and agent certificates), ``crl``. Everything public is
 importable from ``common.pki`` itself, which is how callers use it.
 
-Rules (STYLE.md section 3): pure functions, no clock reads (every caller passes an aware
+Rules (docs/contributing.md §3): pure functions, no clock reads (every caller passes an aware
 ``now``), no module-level keys, no I/O except in ``keyfiles``. Errors derive from
 ``PkiError``; a class docstring is its default message and no message ever carries key
 material.
 
-Choices not fixed by DESIGN.md:
+Choices not fixed by docs/design.md:
 - CA and server keys default to ECDSA P-256 (fast to make, 128-bit strength); agent keys
-  are RSA because the envelope wraps content keys with RSA-OAEP (DESIGN.md wire formats).
+  are RSA because the envelope wraps content keys with RSA-OAEP (docs/design.md §4).
 - ``not_before`` is backdated by ``CLOCK_SKEW`` (5 minutes) on every certificate so that a
   peer whose clock is slightly behind accepts a certificate issued a moment ago.
 - A certificate that would outlive its issuer is refused (``IssuerUnusable``) rather than

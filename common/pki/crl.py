@@ -22,7 +22,7 @@ def build_crl(
     next_update_hours: int = 24,
     crl_number: int | None = None,
 ) -> x509.CertificateRevocationList:
-    """Build a CRL for the PTA CA or the service TLS CA (DESIGN.md flow 4 "Revocation").
+    """Build a CRL for the PTA CA or the service TLS CA (docs/design.md §3.4 "Revocation").
 
     ``revoked`` holds ``(serial, revoked_at)`` pairs; a serial listed twice keeps its
     earliest date. The CRL carries the AKI and a CRL number, both required of a

@@ -36,7 +36,7 @@ def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
 def new_agent_csr(key: rsa.RSAPrivateKey) -> x509.CertificateSigningRequest:
     """Build the CSR an agent sends: empty subject, no extensions, no attributes.
 
-    The CA decides subject and SAN (DESIGN.md flow 1 step 4), so the agent asks for
+    The CA decides subject and SAN (docs/design.md §3.1 step 4), so the agent asks for
     nothing; the CSR only proves possession of the key.
     """
     return (
@@ -47,7 +47,7 @@ def new_agent_csr(key: rsa.RSAPrivateKey) -> x509.CertificateSigningRequest:
 
 
 def validate_csr(pem: bytes, *, max_bytes: int = 8192) -> x509.CertificateSigningRequest:
-    """Vet an agent's CSR before anything else looks at it (DESIGN.md flow 1 step 4).
+    """Vet an agent's CSR before anything else looks at it (docs/design.md §3.1 step 4).
 
     Accepts exactly one PEM CSR, at most ``max_bytes`` long, signed by its own key
     (proof of possession) with SHA-256/384/512, carrying an RSA key of 2048 to 4096 bits

@@ -21,12 +21,12 @@ from common.pki.errors import (
 from common.pki.validity import utc
 
 AGENT_URI_PREFIX = "urn:pta:agent:"
-"""SAN URI prefix of agent certificates (DESIGN.md flow 1 step 4)."""
+"""SAN URI prefix of agent certificates (docs/design.md §3.1 step 4)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AgentIdentity:
-    """Who an agent certificate speaks for (DESIGN.md flow 2 step 2)."""
+    """Who an agent certificate speaks for (docs/design.md §3.2 step 2)."""
 
     tenant_id: str
     agent_id: str

@@ -122,7 +122,7 @@ def sign_agent_csr(
     lifetime_days: int,
     serial: int | None = None,
 ) -> x509.Certificate:
-    """Sign an agent's client certificate with the PTA CA (DESIGN.md flow 1 step 4).
+    """Sign an agent's client certificate with the PTA CA (docs/design.md §3.1 step 4).
 
     Subject exactly ``CN=<tenant id>`` (the CSR's subject is ignored), SAN URI
     ``urn:pta:agent:<agent id>``, EKU clientAuth only, KeyUsage digitalSignature (TLS
@@ -149,7 +149,7 @@ def sign_agent_csr(
     public_key = csr.public_key()
     return (
         x509.CertificateBuilder()
-        # DESIGN.md flow 1: the DN is the tenant GUID; tenant isolation rests on it.
+        # docs/design.md §3.1: the DN is the tenant GUID; tenant isolation rests on it.
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, tenant)]))
         .issuer_name(issuer_cert.subject)
         .public_key(public_key)

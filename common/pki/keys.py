@@ -29,7 +29,7 @@ MIN_RSA_EXPONENT = 65537
 
 
 def new_rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
-    """Generate an RSA key for an agent (DESIGN.md flow 1 step 2; exponent 65537).
+    """Generate an RSA key for an agent (docs/design.md §3.1 step 2; exponent 65537).
 
     Raises ValueError when ``bits`` is outside the range the CA accepts.
     """
@@ -75,7 +75,7 @@ def spki_der(public_key: PublicKeyTypes) -> bytes:
 
 
 def spki_sha256_kid(public_key: PublicKeyTypes) -> str:
-    """Key id of DESIGN.md: base64url, unpadded, of SHA-256 over the DER SPKI."""
+    """Key id of docs/design.md: base64url, unpadded, of SHA-256 over the DER SPKI."""
     digest = hashlib.sha256(spki_der(public_key)).digest()
     return b64url(digest)
 

@@ -1,4 +1,4 @@
-"""What the user gets when agents are missing or stuck (DESIGN.md error table).
+"""What the user gets when agents are missing or stuck (docs/design.md §5).
 
 No agent connected → AADSTS80001 at once; an agent that takes the request and never
 answers → AADSTS80002 at the deadline; hostile messages on the tenant queue do not stop

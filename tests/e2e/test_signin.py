@@ -1,4 +1,4 @@
-"""Sign-in through the whole stack: STS → RabbitMQ → agents → slapd → STS (DESIGN.md flow 3).
+"""Sign-in through the whole stack: STS → RabbitMQ → agents → slapd → STS (docs/design.md §3.3).
 
 Each seeded directory state gives its AADSTS code; unknown users never reach an agent;
 MSAL for Python, unmodified, signs in; both STS replicas serve concurrently.
@@ -101,7 +101,7 @@ async def test_id_token_verifies_against_the_jwks(stack: Stack) -> None:
 
 
 async def test_smart_lockout_stops_guessing_before_the_directory_locks(stack: Stack) -> None:
-    """DESIGN.md: the cloud lockout trips first, so the user is not locked on-premises."""
+    """docs/design.md: the cloud lockout trips first, so the user is not locked on-premises."""
     import ldap3
 
     bulk = tenant_doc(stack, "fabrikam.test")["bulk_users"]
@@ -133,7 +133,7 @@ async def test_smart_lockout_stops_guessing_before_the_directory_locks(stack: St
 
 
 async def test_one_correlation_id_finds_the_sign_in_on_both_sides(stack: Stack) -> None:
-    """STYLE.md 7: the STS and the agent log the same correlation id for one sign-in."""
+    """docs/contributing.md 7: the STS and the agent log the same correlation id for one sign-in."""
     import json as jsonlib
 
     correlation = str(uuid.uuid4())

@@ -1,7 +1,7 @@
 """The agent daemon (agent.runner) against the test stack's real RabbitMQ and slapd.
 
 First half: the CA is the in-process stand-in of test_agent_clients.py, over mutual TLS;
-its bootstrap does what DESIGN.md flow 2 says the CA does: create or rotate the agent's
+its bootstrap does what docs/design.md §3.2 says the CA does: create or rotate the agent's
 broker user through the management API with a fresh access key and permissions that reach
 only its tenant (configure ``^$``, write ``^pta\\.replies$``, read the tenant queue).
 
@@ -72,7 +72,7 @@ class Broker:
         self.tenants: list[str] = []
 
     async def grant(self, agent: Agent, *, lifetime_s: float) -> dict[str, Any]:
-        """Create or rotate the agent's broker user (DESIGN.md flow 2 step 3)."""
+        """Create or rotate the agent's broker user (docs/design.md §3.2 step 3)."""
         user, key = f"agent-{agent.agent_id}", secrets.token_urlsafe(24)
         async with aiohttp.ClientSession() as session:
             await management_client(self.stack, session).put_agent_user(user, key, agent.tenant_id)
@@ -286,7 +286,7 @@ async def test_credentials_are_rotated_and_the_link_replaced(
                   "broker_credentials_rotated", "agent_stopping", "agent_stopped"):  # fmt: skip
         assert event in names
     assert names.count("agent_bootstrapped") == 2
-    for key in keys:  # DESIGN.md security rules: no access key in any log
+    for key in keys:  # docs/design.md §7: no access key in any log
         assert key not in log_output.getvalue() and key not in caplog.text
 
 
@@ -383,7 +383,7 @@ async def throwaway(stack: Stack) -> AsyncIterator[Throwaway]:
 
 
 class Requester:
-    """The STS side of DESIGN.md flow 3, by hand: seal, publish, await the reply. The
+    """The STS side of docs/design.md §3.3, by hand: seal, publish, await the reply. The
     connection is the STS's broker user's on the tenant's vhost (``sts_url``)."""
 
     def __init__(

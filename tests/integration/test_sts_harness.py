@@ -1,7 +1,7 @@
 """The STS in-process against the test stack's PostgreSQL: the harness the STS tests share.
 
 `running_sts` gives a module its own database (created, migrated and seeded with the
-stack's demo tenants, dropped afterwards: STYLE.md section 9, a fresh database per test
+stack's demo tenants, dropped afterwards: docs/contributing.md §9, a fresh database per test
 module), a fresh ES256 signing key folder, and the app served by aiohttp's TestServer
 over plain HTTP (or HTTPS when given a TLS context). The tests below check the harness
 and the app's lifetime itself.

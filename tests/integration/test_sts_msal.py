@@ -1,4 +1,4 @@
-"""MSAL for Python, the reference client (DESIGN.md), against the STS over real HTTPS.
+"""MSAL for Python, the reference client (docs/design.md), against the STS over real HTTPS.
 
 MSAL reads the discovery document, starts a device flow and redeems it; the person's
 approval goes through the HTML form. MSAL's password grant is not used: it first asks

@@ -1,8 +1,8 @@
-"""Synced users signing in through the agents (DESIGN.md flow 3), end to end in process.
+"""Synced users signing in through the agents (docs/design.md §3.3), end to end in process.
 
 STS (in process) -> real RabbitMQ -> real agent SignInHandler with FakeDirectory (in
 process) -> STS, on throwaway tenants (see test_sts_signin_harness). Every row of
-DESIGN.md's results table is checked through the token endpoint, and the dispatcher's
+the table of docs/design.md §5 is checked through the token endpoint, and the dispatcher's
 defences: no consumer, silence, forged and cross-tenant replies, late replies, lockout,
 two replicas, the sign-in log and the agent key cache's NOTIFY refresh.
 """

@@ -82,7 +82,7 @@ def new_key() -> RSAPrivateKey:
 async def add_agent_row(
     conn: asyncpg.Connection, tenant_id: str, key: RSAPrivateKey | None = None
 ) -> AgentIdentity:
-    """Register an agent the way the CA stores it (DESIGN.md flow 1, step 5)."""
+    """Register an agent the way the CA stores it (docs/design.md §3.1, step 5)."""
     agent = AgentIdentity(str(uuid.uuid4()), tenant_id, key or new_key())
     spki = agent.key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -157,7 +157,7 @@ class PortlessTo443(requests.Session):
         return super().request(method, target, *args, **kwargs)
 
 
-# MSAL deprecates ROPC for public clients; it is still the flow DESIGN.md asks to support.
+# MSAL deprecates ROPC for public clients; it is still the flow docs/design.md asks to support.
 @pytest.mark.filterwarnings("ignore:This API has been deprecated:DeprecationWarning")
 @pytest.mark.usefixtures("msal_verifies_with_our_bundle")
 async def test_msal_username_password_flow_for_a_synced_user(served: Served) -> None:

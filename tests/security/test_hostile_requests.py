@@ -115,7 +115,7 @@ async def test_replayed_and_expired_requests_are_never_bound(stack: Stack) -> No
         assert first.status is wire.Status.INVALID_CREDENTIALS
 
         # The same message six more times: each agent keeps its own replay cache
-        # (DESIGN.md: "request id seen within the deadline"), so an agent that has not
+        # (docs/design.md: "request id seen within the deadline"), so an agent that has not
         # seen the id yet may answer it once; no agent answers it twice.
         for _ in range(6):
             await publish(fresh)

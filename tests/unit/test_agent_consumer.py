@@ -1,7 +1,7 @@
 """SignInHandler without I/O: real envelopes (common.envelope.seal, fresh RSA keys), a
 FakeDirectory, an in-memory reply publisher and fake AMQP deliveries.
 
-What each test pins is the contract of DESIGN.md flow 3 and "Security rules": replies
+What each test pins is the contract of docs/design.md §3.3 and "Security rules": replies
 carry a valid MAC exactly when the agent holds the reply key, expired and replayed
 requests never reach the directory, nothing ever crashes the consumer, and the password
 never reaches a log line or a reply.

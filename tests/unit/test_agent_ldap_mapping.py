@@ -2,7 +2,7 @@
 
 The OpenLDAP cases are also checked against the real slapd (tests/integration/
 test_agent_ldap_directory.py); the Active Directory ``data XXX`` codes are pinned here from
-the messages Samba AD sends (INFRA-NOTES.md), since the test stack runs no AD.
+the messages Samba AD sends (docs/servers.md), since the test stack runs no AD.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Envelope crypto (common.envelope): seal/open, canonical encodings, tampering, freshness,
-reply MACs, and the rule that no secret reaches an exception (DESIGN.md "Security rules").
+reply MACs, and the rule that no secret reaches an exception (docs/design.md §7).
 
 Pure: keys are generated in memory once per module; no I/O, no clock.
 """
@@ -123,7 +123,7 @@ def test_each_seal_uses_a_fresh_key_and_nonce(keys: list[RSAPrivateKey], kids: l
 def test_seal_conforms_to_design_v1(
     sealed: RequestEnvelope, keys: list[RSAPrivateKey], kids: list[str]
 ) -> None:
-    """Opens the envelope with the primitives DESIGN.md names, not with `open_`."""
+    """Opens the envelope with the primitives docs/design.md names, not with `open_`."""
     oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
     assert sealed.v == 1
     assert [r.kid for r in sealed.recipients] == kids
@@ -281,7 +281,7 @@ def test_each_recipient_key_is_checked_by_its_owner_only(
 def test_issued_at_is_not_bound_by_design(
     sealed: RequestEnvelope, keys: list[RSAPrivateKey], kids: list[str]
 ) -> None:
-    """DESIGN.md binds v, ids, username and expires_at only; check_fresh bounds the rest."""
+    """docs/design.md binds v, ids, username and expires_at only; check_fresh bounds the rest."""
     moved = msgspec.structs.replace(sealed, issued_at=ISSUED_AT - 5)
     assert envelope.open_(moved, keys[0], kids[0]).password == PASSWORD
 

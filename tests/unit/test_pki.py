@@ -196,7 +196,7 @@ def test_server_cert_refuses_bad_names(
 def test_agent_cert_profile(
     pta_ca: tuple[x509.Certificate, pki.PrivateKey], agent_key: rsa.RSAPrivateKey
 ) -> None:
-    # The CSR claims another tenant in its subject: the CA ignores it (DESIGN.md flow 1).
+    # The CSR claims another tenant in its subject: the CA ignores it (docs/design.md §3.1).
     claimed = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, OTHER_TENANT)])
     csr = pki.validate_csr(_csr(agent_key, subject=claimed))
     cert = pki.sign_agent_csr(
@@ -589,7 +589,7 @@ def test_validate_csr_rejects(
         pki.validate_csr(data)
     message = str(caught.value)
     assert message.startswith((expected.__doc__ or "").strip().splitlines()[0])
-    # No input or key material is echoed back (DESIGN.md security rules).
+    # No input or key material is echoed back (docs/design.md §7).
     assert "hunter2" not in message and len(message) < 200
     for line in data.splitlines():
         if len(line) >= 8 and not line.startswith(b"-----"):

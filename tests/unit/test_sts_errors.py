@@ -48,7 +48,7 @@ def test_every_error_has_a_wire_identity_and_a_default_message(cls: type[OAuthEr
         assert 50_000 <= cls.code <= 9_999_999
 
 
-# DESIGN.md "Results and error codes", row by row.
+# docs/design.md §5, row by row.
 DESIGN_TABLE = {
     Status.INVALID_CREDENTIALS: 50126,
     Status.PASSWORD_EXPIRED: 50144,

@@ -28,7 +28,7 @@ from sts.signin import SignInContext
 from sts.tenants import Tenant
 from sts.userrealm import domain_of, realm_document
 
-# DESIGN.md "Results and error codes": the STS answer column, row by row.
+# docs/design.md §5: the STS answer column, row by row.
 DESIGN_TABLE: dict[str, tuple[str, int | None]] = {
     "success": ("", None),
     "invalid_credentials": ("invalid_grant", 50126),
