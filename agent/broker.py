@@ -69,6 +69,15 @@ class BrokerUnreachable(BrokerError):
     connections to the broker address the CA gave (the agent keeps trying)."""
 
 
+class BrokerCertificateRevoked(BrokerError):
+    """The broker's TLS certificate is REVOKED (listed on the service CRL): nothing was
+    sent. Its operator must replace it; if this is unexpected, someone may be
+    impersonating the broker."""
+
+
+_CERT_REVOKED = 23  # OpenSSL X509_V_ERR_CERT_REVOKED
+
+
 class BrokerCredentialsRefused(BrokerError):
     """The broker refused the credentials from bootstrap: the agent bootstraps again; if
     this lasts, tell the operator of the cloud service."""
@@ -185,6 +194,8 @@ async def open_link(
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise BrokerCredentialsRefused(f"(user {grant.username})") from exc
     except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
+        if _server_revoked(exc):
+            raise BrokerCertificateRevoked(f"({_where(grant)})") from exc
         raise BrokerUnreachable(f"({_where(grant)}: {_reason(exc, secret)})") from exc
     try:
         async with asyncio.timeout(timeout_s):
@@ -208,6 +219,22 @@ async def open_link(
     return BrokerLink(
         connection=connection, channel=channel, queue=queue, exchange=exchange, grant=grant
     )
+
+
+def _server_revoked(exc: BaseException) -> bool:
+    """True when the TLS handshake failed because the broker's certificate is on the
+    service CRL (aiormq wraps the ssl error in AMQPConnectionError)."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return item.verify_code == _CERT_REVOKED
+        pending += [item.__cause__, item.__context__, *item.args]
+    return "certificate revoked" in str(exc)
 
 
 def _on_reconnect(_sender: object, *_args: object) -> None:

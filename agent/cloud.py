@@ -14,7 +14,8 @@ CA's message (which says what to do); transport failures are ``agent.https`` err
 from __future__ import annotations
 
 import ssl
-from typing import ClassVar
+import uuid
+from typing import ClassVar, Final
 from urllib.parse import quote
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
@@ -253,10 +254,18 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, CaError) and exc.status >= 500
 
 
+PROCESS_INSTANCE_ID: Final = uuid.uuid4().hex
+"""This agent process's instance id, random per start: sent with every bootstrap and
+heartbeat so that the CA notices one agent identity used by two processes at once
+(clone detection, docs/architecture.md "Agent lifecycle")."""
+
+
 class CaClient:
     """Client of one CA. Use as an async context manager, or call ``close``.
 
     ``trust`` describes the bundle behind ``ssl_context`` for TLS error messages.
+    ``instance_id`` is this process's (tests running two agents in one process pass
+    their own).
     """
 
     def __init__(
@@ -267,7 +276,9 @@ class CaClient:
         trust: str,
         timeout_s: float,
         version: str = __version__,
+        instance_id: str = PROCESS_INSTANCE_ID,
     ) -> None:
+        self.instance_id = instance_id
         self._http = HttpsClient(
             base_url, ssl_context=ssl_context, timeout_s=timeout_s, trust=trust,
             service="the CA",
@@ -336,7 +347,9 @@ class CaClient:
 
     async def bootstrap(self) -> BrokerGrant:
         """``POST /agents/bootstrap`` over mutual TLS: fresh broker credentials."""
-        answer = await self._http.call("POST", "/agents/bootstrap", json={}, mutual=True)
+        answer = await self._http.call(
+            "POST", "/agents/bootstrap", json={"instance_id": self.instance_id}, mutual=True
+        )
         return _expect(answer, 200).parse(BrokerGrant)
 
     async def heartbeat(self, status: str, detail: str = "") -> HeartbeatAnswer:
@@ -344,7 +357,12 @@ class CaClient:
         answer = await self._http.call(
             "POST",
             "/agents/heartbeat",
-            json={"version": self.version, "status": status, "detail": detail},
+            json={
+                "version": self.version,
+                "status": status,
+                "detail": detail,
+                "instance_id": self.instance_id,
+            },
             mutual=True,
         )
         return _expect(answer, 200).parse(HeartbeatAnswer)

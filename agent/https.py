@@ -42,6 +42,7 @@ from agent.errors import AgentError
 _UNKNOWN_ISSUER = {2, 18, 19, 20, 21}
 _EXPIRED, _NOT_YET_VALID = 10, 9
 _NAME_MISMATCH = {62, 63, 64}  # host name, e-mail, IP address mismatch
+_REVOKED = 23  # X509_V_ERR_CERT_REVOKED: listed on the service CRL (agent.service_crl)
 _M = TypeVar("_M", bound=BaseModel)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_SHOWN_CHARS = 400
@@ -215,6 +216,12 @@ class HttpsClient:
                 f"The certificate of {self.service} ({host}) is not signed by "
                 f"{self.trust}. Check the URL; if the service's TLS CA changed, the agent "
                 "must be registered again with the new bundle."
+            )
+        if code == _REVOKED:
+            return (
+                f"The certificate of {self.service} ({host}) is REVOKED: it is listed on "
+                "the service CRL. Nothing was sent. Its operator must replace it; if this "
+                "is unexpected, someone may be impersonating the service."
             )
         if code == _EXPIRED:
             return (

@@ -52,7 +52,7 @@ from typing import Any, Final
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from agent import renewal, state
+from agent import renewal, service_crl, state
 from agent.broker import (
     BrokerCredentialsRefused,
     BrokerLink,
@@ -230,6 +230,8 @@ async def _run_connected(
     record = registration.record
     trust = f"the CA bundle this agent was registered with ({registration.dir.ca_bundle})"
     current = _Current()
+    # Before the first mutual-TLS call: a revoked CA or broker certificate is refused.
+    await service_crl.refresh(registration, timeout_s=settings.http_timeout_s)
     ca = CaClient(
         record.ca_url,
         ssl_context=registration.mutual_tls(),
@@ -253,6 +255,7 @@ async def _run_connected(
         async with asyncio.TaskGroup() as group:
             group.create_task(_raise_when_set(stop), name="stop")
             group.create_task(_serve(ca, settings, current), name="serve")
+            group.create_task(_crl_loop(ca, settings, current), name="service_crl")
             if settings.sync_interval_s > 0:
                 source = UserSource(directory_settings)
                 group.create_task(
@@ -325,6 +328,18 @@ async def _serve(ca: CaClient, settings: Settings, current: _Current) -> None:
         )
         group.create_task(_refresh(ca, settings, current), name="refresh")
         group.create_task(_expiry_guard(settings, current), name="expiry")
+
+
+async def _crl_loop(ca: CaClient, settings: Settings, current: _Current) -> None:
+    """Refresh the service CRL every ``service_crl.REFRESH_S``; the CA client's next
+    connections check against a newer one (the broker's at its next link)."""
+    while True:
+        await asyncio.sleep(service_crl.REFRESH_S * _jitter.uniform(0.9, 1.1))
+        assert current.registration is not None
+        if await service_crl.refresh(current.registration, timeout_s=settings.http_timeout_s):
+            async with current.swap_lock:
+                assert current.registration is not None
+                await ca.use_identity(current.registration.mutual_tls())
 
 
 async def _connect(

@@ -55,6 +55,8 @@ PENDING_KEY_FILE = "renew.key"
 PENDING_CERT_FILE = "renew.crt"
 STATE_FILES = (RECORD_FILE, KEY_FILE, CERT_FILE, PTA_CA_FILE, CA_BUNDLE_FILE)
 RENEWAL_FILES = (PENDING_KEY_FILE, PENDING_CERT_FILE)
+SERVICE_CRL_FILE = "service-crl.pem"
+"""The service TLS CA's CRL as last fetched and checked (``agent.service_crl``)."""
 
 
 class StateError(AgentError):
@@ -148,9 +150,13 @@ class StateDir:
     def pending_certificate(self) -> Path:
         return self.path / PENDING_CERT_FILE
 
+    @property
+    def service_crl(self) -> Path:
+        return self.path / SERVICE_CRL_FILE
+
     def existing(self) -> list[Path]:
         """The state files present, in layout order."""
-        names = (*STATE_FILES, *RENEWAL_FILES)
+        names = (*STATE_FILES, *RENEWAL_FILES, SERVICE_CRL_FILE)
         return [self.path / name for name in names if (self.path / name).exists()]
 
 
@@ -180,14 +186,37 @@ class Registration:
         return _read_key(self.dir.key)
 
     def server_tls(self) -> ssl.SSLContext:
-        """TLS to the CA or STS, pinned to the bundle of the registration."""
-        return _client_context(self.dir.ca_bundle)
+        """TLS to the CA, STS or broker, pinned to the bundle of the registration, and
+        refusing a server certificate on the stored service CRL (``agent.service_crl``)."""
+        return _client_context(self.dir.ca_bundle, crl_file=self._current_crl())
 
     def mutual_tls(self) -> ssl.SSLContext:
-        """Mutual TLS to the CA: pinned bundle plus the agent's certificate and key."""
+        """Mutual TLS to the CA: pinned bundle plus the agent's certificate and key (and
+        the service CRL, as ``server_tls``)."""
         return _client_context(
-            self.dir.ca_bundle, cert_file=self.dir.certificate, key_file=self.dir.key
+            self.dir.ca_bundle,
+            cert_file=self.dir.certificate,
+            key_file=self.dir.key,
+            crl_file=self._current_crl(),
         )
+
+    def _current_crl(self) -> Path | None:
+        return usable_crl(self.dir.service_crl, dt.datetime.now(dt.UTC))
+
+
+def usable_crl(path: Path, now: dt.datetime) -> Path | None:
+    """``path`` if it holds a CRL that is still current at ``now``; None when there is
+    none, it does not parse, or it is past its next update (OpenSSL would then refuse
+    every server: a CA unreachable for a day must not stop sign-ins; ``agent.service_crl``
+    logs ``service_crl_unavailable`` meanwhile)."""
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    next_update = crl.next_update_utc
+    if next_update is not None and next_update <= now:
+        return None
+    return path
 
 
 def ensure_can_register(path: Path, *, force: bool) -> None:
@@ -287,7 +316,7 @@ def remove(path: Path) -> list[Path]:
     """
     folder = StateDir(path)
     removed = []
-    for name in (*STATE_FILES, *RENEWAL_FILES):
+    for name in (*STATE_FILES, *RENEWAL_FILES, SERVICE_CRL_FILE):
         target = folder.path / name
         try:
             target.unlink()
@@ -385,10 +414,16 @@ def _read_bundle(path: Path) -> list[x509.Certificate]:
 
 
 def _client_context(
-    ca_file: Path, *, cert_file: Path | None = None, key_file: Path | None = None
+    ca_file: Path,
+    *,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    crl_file: Path | None = None,
 ) -> ssl.SSLContext:
     try:
-        return tls.client_context(ca_file, cert_file=cert_file, key_file=key_file)
+        return tls.client_context(
+            ca_file, cert_file=cert_file, key_file=key_file, crl_file=crl_file
+        )
     except tls.TlsConfigError as exc:
         raise StateCorrupt(str(exc)) from exc
 

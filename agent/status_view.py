@@ -27,7 +27,14 @@ def status_document(
     cloud: dict[str, Any] = {"reachable": view is not None}
     if view is not None:
         cloud.update(view.model_dump(mode="json"))
+    # The lifecycle fields under their contract names (issue 10), at the top level too:
+    # state and last heartbeat as the cloud sees them ("unknown" when it cannot be asked).
+    seen = cloud.get("last_heartbeat_at")
     return {
+        "state": cloud.get("state") or (cloud.get("status") if view else None) or "unknown",
+        "last_heartbeat_at": seen,
+        "certificate_not_after": loaded.not_after.isoformat(),
+        "renewal": cloud.get("renewal") or ("pending" if loaded.dir.pending_key.exists() else None),
         "state_dir": str(loaded.dir.path),
         "agent_id": record.agent_id,
         "tenant_id": record.tenant_id,
@@ -73,7 +80,8 @@ def print_status(loaded: state.Registration, view: AgentView | None, now: dt.dat
             if view.last_heartbeat_at is not None
             else "no heartbeat yet"
         )
-        rows.append(("cloud", f"{view.status}, {seen}"))
+        state_now = getattr(view, "state", None) or view.status
+        rows.append(("cloud", f"{str(state_now).replace('_', ' ')}, {seen}"))
         renewal = getattr(view, "renewal", None)
         if isinstance(renewal, str):
             rows.append(("renewal", renewal.replace("_", " ")))

@@ -26,7 +26,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from ca import bootstrap, registration, renewal, revocation, sync
+from ca import bootstrap, lifecycle, registration, renewal, revocation, sync
 from ca.admin_tokens import AdminTokenVerifier, JwksKeySource, KeySource
 from ca.authority import load_authority
 from ca.bodies import MAX_BODY_BYTES, Configuration, ErrorAnswer, json_response
@@ -76,7 +76,7 @@ def create_app(
     sts_tls = client_context(settings.sts_ca_bundle) if key_source is None else None
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_outbound(key_source, broker, sts_tls))
-    app.cleanup_ctx.append(renewal.expiry_sweeper)
+    app.cleanup_ctx.append(lifecycle.sweeper)
     app.router.add_get("/.well-known/pta-configuration", configuration)
     app.router.add_post("/agents/register", registration.register)
     app.router.add_post("/agents/bootstrap", bootstrap.bootstrap)

@@ -51,10 +51,13 @@ class Authority:
         agent_id: str,
         now: dt.datetime,
         lifetime_days: int,
+        crl_url: str | None = None,
     ) -> IssuedCertificate:
         """Sign an agent's vetted CSR with the PTA CA (docs/design.md §3.1 step 4).
 
-        Raises the ``common.pki`` errors of ``sign_agent_csr``.
+        ``crl_url`` is the PTA CRL's URL (``{settings.crl_url}/pta.crl``), named in the
+        certificate as its CRL distribution point. Raises the ``common.pki`` errors of
+        ``sign_agent_csr``.
         """
         cert = pki.sign_agent_csr(
             csr,
@@ -64,6 +67,7 @@ class Authority:
             agent_id=agent_id,
             now=now,
             lifetime_days=lifetime_days,
+            crl_url=crl_url,
         )
         public_key = cert.public_key()
         return IssuedCertificate(

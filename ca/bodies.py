@@ -28,6 +28,8 @@ AgentStatus = Annotated[
     str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
 Detail = Annotated[str, msgspec.Meta(max_length=256)]
+InstanceId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+"""Random per agent process start (``ca.lifecycle`` clone detection)."""
 
 
 class RegisterRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -40,7 +42,10 @@ class RegisterRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class BootstrapRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``POST /agents/bootstrap``: nothing; the client certificate says who asks."""
+    """``POST /agents/bootstrap``: the client certificate says who asks; ``instance_id``
+    which process of it (optional: agents from before clone detection send ``{}``)."""
+
+    instance_id: InstanceId | None = None
 
 
 class HeartbeatRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -49,6 +54,7 @@ class HeartbeatRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     version: Version
     status: AgentStatus
     detail: Detail = ""
+    instance_id: InstanceId | None = None
 
 
 class RegisterAnswer(msgspec.Struct, frozen=True):
@@ -96,6 +102,12 @@ class AgentView(msgspec.Struct, frozen=True):
     reported_status: str
     status_detail: str
     renewal: str = "not_due"  # not_due, due, in_progress, expired (ca.renewal.renewal_state)
+    # The lifecycle names (issue 10; outside checks read these): state is active,
+    # inactive or suspected_clone (ca.lifecycle.agent_state); certificate_not_after is
+    # cert_not_after under its contract name. status/cert_not_after stay for old clients.
+    state: str = "inactive"
+    certificate_not_after: dt.datetime | None = None
+    suspected_clone_at: dt.datetime | None = None
 
 
 class AgentList(msgspec.Struct, frozen=True):

@@ -26,7 +26,7 @@ import secrets
 import structlog
 from aiohttp import web
 
-from ca import queries, renewal
+from ca import lifecycle, queries, renewal
 from ca.bodies import (
     AgentList,
     AgentView,
@@ -85,6 +85,9 @@ def agent_view(
         renewal=renewal.renewal_state(
             agent, now=now, renew_before_days=renew_before_days, pending=renewing
         ),
+        state=lifecycle.agent_state(agent, now=now, heartbeat_interval_s=heartbeat_interval_s),
+        certificate_not_after=agent.cert_not_after,
+        suspected_clone_at=agent.suspected_clone_at,
     )
 
 
@@ -93,16 +96,27 @@ async def bootstrap(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     now = request.app[CLOCK]()
     identity = certificate_identity(request, request.app[AUTHORITY], now)
-    decode(await request.read(), BootstrapRequest, empty_ok=True)
+    body = decode(await request.read(), BootstrapRequest, empty_ok=True)
     broker = request.app[BROKER]
     username = agent_broker_user(identity.agent_id)
     access_key = new_access_key()
     async with request.app[POOL].acquire() as conn, conn.transaction():
         agent = await verified_agent(conn, identity, lock=True)
-        await broker.ensure_tenant(agent.tenant_id)
-        await broker.put_agent_user(username, access_key, agent.tenant_id)
-        await queries.record_bootstrap(conn, agent.id, username, now)
-        await renewal.complete(conn, agent, now)
+        revoked = await lifecycle.note_instance(
+            conn,
+            broker,
+            agent,
+            body.instance_id,
+            now=now,
+            window_s=lifecycle.clone_window_s(request.app),
+        )
+        if not revoked:
+            await broker.ensure_tenant(agent.tenant_id)
+            await broker.put_agent_user(username, access_key, agent.tenant_id)
+            await queries.record_bootstrap(conn, agent.id, username, now)
+            await renewal.complete(conn, agent, now)
+    if revoked:
+        raise lifecycle.refuse_revoked_clone(request.app)
     expires_at = now + dt.timedelta(seconds=settings.access_key_lifetime_s)
     log.info("agent_bootstrapped", broker_user=username, expires_at=expires_at.isoformat())
     return json_response(
@@ -129,15 +143,26 @@ async def heartbeat(request: web.Request) -> web.Response:
     identity = certificate_identity(request, request.app[AUTHORITY], now)
     body = decode(await request.read(), HeartbeatRequest)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        agent = await verified_agent(conn, identity)
-        await queries.record_heartbeat(
+        agent = await verified_agent(conn, identity, lock=body.instance_id is not None)
+        revoked = await lifecycle.note_instance(
             conn,
-            agent.id,
-            version=body.version,
-            reported_status=body.status,
-            detail=body.detail,
+            request.app[BROKER],
+            agent,
+            body.instance_id,
             now=now,
+            window_s=lifecycle.clone_window_s(request.app),
         )
+        if not revoked:
+            await queries.record_heartbeat(
+                conn,
+                agent.id,
+                version=body.version,
+                reported_status=body.status,
+                detail=body.detail,
+                now=now,
+            )
+    if revoked:
+        raise lifecycle.refuse_revoked_clone(request.app)
     renew = renewal.should_renew(
         agent.cert_not_after, now=now, renew_before_days=settings.renew_before_days
     )

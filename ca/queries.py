@@ -19,17 +19,17 @@ import asyncpg
 _GET_AGENT = """
     SELECT id::text AS id, tenant_id::text AS tenant_id, host, version, kid, cert_serial,
            cert_not_after, registered_at, last_heartbeat_at, last_bootstrap_at,
-           reported_status, status_detail, broker_user
+           reported_status, status_detail, broker_user, suspected_clone_at
     FROM agents WHERE id = $1 AND tenant_id = $2"""
 _GET_AGENT_FOR_UPDATE = """
     SELECT id::text AS id, tenant_id::text AS tenant_id, host, version, kid, cert_serial,
            cert_not_after, registered_at, last_heartbeat_at, last_bootstrap_at,
-           reported_status, status_detail, broker_user
+           reported_status, status_detail, broker_user, suspected_clone_at
     FROM agents WHERE id = $1 AND tenant_id = $2 FOR UPDATE"""
 _LIST_AGENTS = """
     SELECT id::text AS id, tenant_id::text AS tenant_id, host, version, kid, cert_serial,
            cert_not_after, registered_at, last_heartbeat_at, last_bootstrap_at,
-           reported_status, status_detail, broker_user
+           reported_status, status_detail, broker_user, suspected_clone_at
     FROM agents WHERE tenant_id = $1 ORDER BY registered_at, id"""
 
 
@@ -50,6 +50,7 @@ class AgentRecord:
     reported_status: str
     status_detail: str
     broker_user: str | None
+    suspected_clone_at: dt.datetime | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> AgentRecord:
@@ -524,3 +525,51 @@ async def lock_expired_agents(
         limit,
     )
     return [ExpiredAgent(**dict(row)) for row in rows]
+
+
+# -- agent lifecycle (ca.lifecycle; columns from 013_lifecycle.sql) ---------------------------
+
+
+async def lock_inactive_agents(
+    conn: asyncpg.Connection, silent_since: dt.datetime, limit: int
+) -> list[ExpiredAgent]:
+    """Agents not heard from (heartbeat, else bootstrap, else registration) since
+    ``silent_since``, locked (others' locked rows skipped)."""
+    rows = await conn.fetch(
+        """SELECT id::text AS id, tenant_id::text AS tenant_id, cert_serial, cert_not_after
+           FROM agents
+           WHERE coalesce(last_heartbeat_at, last_bootstrap_at, registered_at) <= $1
+           ORDER BY coalesce(last_heartbeat_at, last_bootstrap_at, registered_at)
+           LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        silent_since,
+        limit,
+    )
+    return [ExpiredAgent(**dict(row)) for row in rows]
+
+
+async def agent_instances(conn: asyncpg.Connection, agent_id: str) -> str:
+    """The agent's ``instances`` JSON text (the caller holds the row lock)."""
+    value = await conn.fetchval("SELECT instances::text FROM agents WHERE id = $1", agent_id)
+    return str(value) if value is not None else "{}"
+
+
+async def record_instances(
+    conn: asyncpg.Connection, agent_id: str, instances_json: str, *, clone_at: dt.datetime | None
+) -> None:
+    """Store the agent's recent instances; ``clone_at`` marks it a suspected clone (kept
+    from the first time)."""
+    await conn.execute(
+        """UPDATE agents SET instances = $2::jsonb,
+                  suspected_clone_at = coalesce(suspected_clone_at, $3)
+           WHERE id = $1""",
+        agent_id,
+        instances_json,
+        clone_at,
+    )
+
+
+async def revokes_suspected_clones(conn: asyncpg.Connection, tenant_id: str) -> bool:
+    value = await conn.fetchval(
+        "SELECT revoke_suspected_clones FROM tenants WHERE id = $1", tenant_id
+    )
+    return bool(value)

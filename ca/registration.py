@@ -53,6 +53,7 @@ async def register(request: web.Request) -> web.Response:
         agent_id=agent_id,
         now=now,
         lifetime_days=settings.agent_cert_lifetime_days,
+        crl_url=settings.pta_crl_url,
     )
     async with request.app[POOL].acquire() as conn, conn.transaction():
         if not await queries.lock_tenant_agents(conn, admin.tenant_id):

@@ -34,15 +34,15 @@ Expiry: ``sweep_expired`` deletes every agent whose certificate has expired, as 
 delete does (serial revoked with reason ``certificate_expired``, broker user deleted, row
 deleted), so it no longer counts toward the tenant's limit; a later call with that
 certificate (a CA whose clock lets it through the handshake) is told
-``certificate_expired``: register again. ``expiry_sweeper`` runs it every
-``expiry_sweep_interval_s`` in each CA replica (``SKIP LOCKED``: replicas share the work).
+``certificate_expired``: register again. ``ca.lifecycle.sweeper`` runs it (with the
+inactive-agent sweep) every ``expiry_sweep_interval_s`` in each CA replica (``SKIP
+LOCKED``: replicas share the work).
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
@@ -167,6 +167,7 @@ async def _renew(request: web.Request) -> web.Response:
             agent_id=agent.id,
             now=now,
             lifetime_days=settings.agent_cert_lifetime_days,
+            crl_url=settings.pta_crl_url,
         )
         await queries.replace_agent_key(
             conn,
@@ -267,35 +268,53 @@ def renewal_state(
 
 
 async def sweep_expired(app: web.Application, now: dt.datetime) -> list[str]:
-    """Delete every agent whose certificate has expired by ``now``; returns their ids.
+    """Delete every agent whose certificate has expired by ``now``; returns their ids."""
 
-    Each agent in its own transaction, row locked: revocation recorded, broker user
-    deleted, row deleted. A broker failure leaves that agent for the next sweep.
+    async def select(conn: asyncpg.Connection) -> list[queries.ExpiredAgent]:
+        return await queries.lock_expired_agents(conn, now, 1)
+
+    return await sweep_agents(
+        app, now, select=select, reason=EXPIRED, event="agent_expired_deleted"
+    )
+
+
+async def sweep_agents(
+    app: web.Application,
+    now: dt.datetime,
+    *,
+    select: Callable[[asyncpg.Connection], Awaitable[list[queries.ExpiredAgent]]],
+    reason: str,
+    event: str,
+) -> list[str]:
+    """Delete the agents ``select`` locks, one per transaction, as an admin's delete does
+    (serial revoked with ``reason``, broker user deleted, row deleted); returns their ids.
+    A broker failure leaves that agent for the next sweep. Shared by expiry and the
+    inactive-agent sweep (``ca.lifecycle``).
     """
     deleted: list[str] = []
     while True:
         async with app[POOL].acquire() as conn, conn.transaction():
-            expired = await queries.lock_expired_agents(conn, now, 1)
-            if not expired:
+            found = await select(conn)
+            if not found:
                 break
-            agent = expired[0]
+            agent = found[0]
             await queries.insert_revocation(
                 conn,
                 issuer=PTA_ISSUER,
                 serial=agent.cert_serial,
                 tenant_id=agent.tenant_id,
                 agent_id=agent.id,
-                reason=EXPIRED,
+                reason=reason,
                 now=now,
             )
             try:
                 await app[BROKER].delete_user(agent_broker_user(agent.id))
             except BrokerUnavailable as exc:
-                log.warning("agent_expiry_postponed", agent_id=agent.id, error=str(exc))
+                log.warning("agent_sweep_postponed", agent_id=agent.id, error=str(exc))
                 raise
             await queries.delete_agent(conn, agent.tenant_id, agent.id)
         log.warning(
-            "agent_expired_deleted",
+            event,
             agent_id=agent.id,
             tenant_id=agent.tenant_id,
             serial=agent.cert_serial,
@@ -307,29 +326,3 @@ async def sweep_expired(app: web.Application, now: dt.datetime) -> list[str]:
     if deleted:
         app[CRLS].invalidate(PTA_ISSUER)
     return deleted
-
-
-async def expiry_sweeper(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: run ``sweep_expired`` every ``expiry_sweep_interval_s`` (0: never)."""
-    interval = app[SETTINGS].expiry_sweep_interval_s
-    task = asyncio.create_task(_sweep_loop(app, interval)) if interval > 0 else None
-    try:
-        yield
-    finally:
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-
-
-async def _sweep_loop(app: web.Application, interval_s: float) -> None:
-    while True:
-        try:
-            await sweep_expired(app, app[CLOCK]())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("agent_expiry_sweep_failed")
-        await asyncio.sleep(interval_s)

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     # retry_after_s told to the others: at most this, as a renewal usually ends in seconds.
     renewal_retry_after_s: int = Field(default=15, ge=1, le=3600)
     expiry_sweep_interval_s: float = Field(default=300.0, ge=0)
+    # Agent lifecycle (ca.lifecycle): the same sweep deletes agents silent (no heartbeat)
+    # for inactive_delete_days; two processes using one agent identity within
+    # clone_window_s (default: two heartbeat intervals) make it a suspected clone.
+    inactive_delete_days: float = Field(default=10.0, gt=0)
+    clone_window_s: float | None = Field(default=None, gt=0)
     crl_cache_s: float = Field(default=30.0, ge=0)
     crl_next_update_hours: int = Field(default=24, ge=1)
 
@@ -106,3 +111,8 @@ class Settings(BaseSettings):
     def crl_url(self) -> str:
         """The CRL base URL clients fetch ``/pta.crl`` and ``/service.crl`` from."""
         return self.crl_public_url or f"http://{self.host}:{self.crl_port}"
+
+    @property
+    def pta_crl_url(self) -> str:
+        """The CRL distribution point named in every agent certificate."""
+        return f"{self.crl_url}/pta.crl"

@@ -87,6 +87,7 @@ def client_context(
     *,
     cert_file: StrPath | None = None,
     key_file: StrPath | None = None,
+    crl_file: StrPath | None = None,
 ) -> ssl.SSLContext:
     """Build the context of an outbound TLS connection, pinned to ``ca_file``.
 
@@ -94,6 +95,8 @@ def client_context(
     bundle the agent was registered with) whose SAN matches the host name or IP
     connected to. ``cert_file``/``key_file`` add the agent's client certificate for
     mutual TLS (``key_file`` may be omitted when the key is in ``cert_file``).
+    ``crl_file`` (PEM CRL of the server's issuer) makes a server certificate listed on it
+    fail the handshake (OpenSSL verify code 23, certificate revoked).
 
     Raises TlsConfigError when a file cannot be loaded or ``key_file`` comes without
     ``cert_file``.
@@ -106,6 +109,14 @@ def client_context(
     context.check_hostname = True
     context.hostname_checks_common_name = False
     _load_ca(context, ca_file, "ca_file")
+    if crl_file is not None:
+        try:
+            context.load_verify_locations(cafile=crl_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsConfigError(
+                f"Cannot load CRL {os.fspath(crl_file)!r}: {_reason(exc)}."
+            ) from exc
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     if cert_file is not None:
         _load_chain(context, cert_file, key_file)
     return context

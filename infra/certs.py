@@ -57,9 +57,17 @@ SERVERS = ("sts", "ca", "rabbitmq")  # rabbitmq: its AMQPS listener
 
 
 def ensure(
-    pki_dir: Path, *, ips: list[str] | None = None, now: dt.datetime | None = None
+    pki_dir: Path,
+    *,
+    ips: list[str] | None = None,
+    now: dt.datetime | None = None,
+    crl_url: str | None = None,
 ) -> StackPki:
-    """Create whatever is missing (idempotent): both CAs, server certs, a signing key."""
+    """Create whatever is missing (idempotent): both CAs, server certs, a signing key.
+
+    ``crl_url`` is the CA's plain-HTTP CRL base URL: server certificates name
+    ``{crl_url}/service.crl`` as their CRL distribution point (agents check it).
+    """
     now = now or dt.datetime.now(dt.UTC)
     paths = StackPki(pki_dir)
     pki_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +92,7 @@ def ensure(
             ips=ips or ["127.0.0.1"],
             now=now,
             lifetime_days=SERVER_CERT_LIFETIME_DAYS,
+            crl_url=f"{crl_url}/service.crl" if crl_url else None,
         )
         pki.write_private_key(paths.server_key(name), key, overwrite=True)
         paths.server_cert(name).write_bytes(pki.certificate_pem(cert))

@@ -218,7 +218,10 @@ class Stack:
                 await asyncio.gather(
                     *(asyncio.to_thread(s.prepare) for s in self.servers),
                     asyncio.to_thread(
-                        certs.ensure, self.pki.dir, ips=sorted({"127.0.0.1", self.public_ip})
+                        certs.ensure,
+                        self.pki.dir,
+                        ips=sorted({"127.0.0.1", self.public_ip}),
+                        crl_url=self.services.crl_url,
                     ),
                 )
                 self.supervisor.start(self.server_programs())

@@ -70,11 +70,13 @@ def issue_server_cert(
     ips: list[str],
     now: dt.datetime,
     lifetime_days: int,
+    crl_url: str | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """Issue an HTTPS server certificate (EC P-256) for the STS or the CA.
 
     SANs carry every host name and IP (clients match SANs only, RFC 6125 section 6.4.4);
-    EKU serverAuth. Raises ValueError when no name is given or an IP does not parse,
+    EKU serverAuth; ``crl_url`` (the service CRL, ``.../service.crl``) is named as its CRL
+    distribution point. Raises ValueError when no name is given or an IP does not parse,
     IssuerUnusable when the CA cannot sign it (not a CA, wrong key, expires too soon).
     """
     now = utc(now)
@@ -91,7 +93,7 @@ def issue_server_cert(
     names: list[x509.GeneralName] = [x509.DNSName(host) for host in hostnames]
     names += [x509.IPAddress(address) for address in addresses]
     first = hostnames[0] if hostnames else str(addresses[0])
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first)]))
         .issuer_name(ca_cert.subject)
@@ -106,8 +108,10 @@ def issue_server_cert(
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         .add_extension(authority_key_id(ca_cert), critical=False)
-        .sign(ca_key, hash_for(ca_key))
     )
+    if crl_url is not None:
+        builder = builder.add_extension(crl_distribution_points(crl_url), critical=False)
+    cert = builder.sign(ca_key, hash_for(ca_key))
     return cert, key
 
 
@@ -121,6 +125,7 @@ def sign_agent_csr(
     now: dt.datetime,
     lifetime_days: int,
     serial: int | None = None,
+    crl_url: str | None = None,
 ) -> x509.Certificate:
     """Sign an agent's client certificate with the PTA CA (docs/design.md §3.1 step 4).
 
@@ -128,7 +133,8 @@ def sign_agent_csr(
     ``urn:pta:agent:<agent id>``, EKU clientAuth only, KeyUsage digitalSignature (TLS
     client auth) and keyEncipherment (the envelope wraps content keys with RSA-OAEP),
     BasicConstraints ca=False, AKI/SKI, random 159-bit serial, valid from
-    ``now - CLOCK_SKEW`` to ``now + lifetime_days``. The CSR is vetted again here so no
+    ``now - CLOCK_SKEW`` to ``now + lifetime_days``, ``crl_url`` (the PTA CRL,
+    ``.../pta.crl``) as CRL distribution point. The CSR is vetted again here so no
     caller can sign an unchecked request.
 
     Raises IdentifierInvalid (ids not canonical lowercase UUIDs), a CsrRejected subclass,
@@ -147,7 +153,7 @@ def sign_agent_csr(
     not_after = now + validity_period
     _check_issuer(issuer_cert, issuer_key, now=now, not_after=not_after)
     public_key = csr.public_key()
-    return (
+    builder = (
         x509.CertificateBuilder()
         # docs/design.md §3.1: the DN is the tenant GUID; tenant isolation rests on it.
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, tenant)]))
@@ -167,8 +173,24 @@ def sign_agent_csr(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(authority_key_id(issuer_cert), critical=False)
-        .sign(issuer_key, hash_for(issuer_key))
     )
+    if crl_url is not None:
+        builder = builder.add_extension(crl_distribution_points(crl_url), critical=False)
+    return builder.sign(issuer_key, hash_for(issuer_key))
+
+
+def crl_distribution_points(crl_url: str) -> x509.CRLDistributionPoints:
+    """One distribution point, the full name ``crl_url`` (RFC 5280 4.2.1.13); plain HTTP
+    on purpose: a CRL is signed, and checking it must not need TLS to the CA."""
+    if not crl_url.startswith(("http://", "https://")):
+        raise ValueError(f"a CRL distribution point must be an HTTP URL, got {crl_url!r}")
+    point = x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(crl_url)],
+        relative_name=None,
+        reasons=None,
+        crl_issuer=None,
+    )
+    return x509.CRLDistributionPoints([point])
 
 
 def hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:

@@ -72,6 +72,13 @@ async def test_agent_status_and_the_ca_agree(stack: Stack) -> None:
             assert certificate["serial"] == row["cert_serial"]
             assert cloud["status"] == "active"
             assert row["last_heartbeat_at"] is not None
+            # The lifecycle fields (issue 10), in the cloud's view and at the top level.
+            for name in ("state", "version", "host", "last_heartbeat_at",
+                         "certificate_not_after", "renewal"):  # fmt: skip
+                assert cloud[name] is not None, name
+                assert status[name] is not None, name
+            assert status["state"] == cloud["state"] == "active"
+            assert cloud["certificate_not_after"] == cloud["cert_not_after"]
     finally:
         await conn.close()
 

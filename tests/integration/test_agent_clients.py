@@ -443,12 +443,14 @@ async def test_register_and_mutual_tls_calls(cloud: FakeCloud, tmp_path: Path) -
     assert set(body) == {"csr", "host", "version"}  # a domain: no tenant_id
     async with CaClient(
         loaded.record.ca_url, ssl_context=loaded.mutual_tls(), trust="t", timeout_s=5,
-        version="9.9.9",
+        version="9.9.9", instance_id="i-1",
     ) as ca:  # fmt: skip
         answer = await ca.heartbeat("healthy", "")
         view = await ca.self_view()
     assert answer.renew is False and answer.heartbeat_interval_s == 600
-    assert agent.heartbeats == [{"version": "9.9.9", "status": "healthy", "detail": ""}]
+    assert agent.heartbeats == [
+        {"version": "9.9.9", "status": "healthy", "detail": "", "instance_id": "i-1"}
+    ]
     assert view.status == "active"
 
 

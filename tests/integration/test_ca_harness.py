@@ -256,7 +256,7 @@ async def running_ca(
     )
     try:
         await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls).start()
-        await web.TCPSite(crl_runner, "127.0.0.1", 0).start()
+        await web.TCPSite(crl_runner, "127.0.0.1", settings.crl_port).start()
         port = runner.addresses[0][1]
         crl_port = crl_runner.addresses[0][1]
         connector = aiohttp.TCPConnector(ssl=client_context(ca_pki.service_ca))
