@@ -78,6 +78,7 @@ from agent.https import ClientCertificateRefused
 from agent.ldap_directory import LdapDirectory, LdapDirectorySettings, ServiceAccountRefused
 from agent.settings import Settings
 from agent.sync import UserSource, sync_once
+from common.backoff import backoff_delay
 from common.contracts import tenant_queue
 from common.wire import MAX_DETAIL_CHARS
 
@@ -297,8 +298,7 @@ def refresh_delay(*, received_at: float, expires_at: float, now: float) -> float
 def retry_delay(attempt: int) -> float:
     """Backoff after failed attempt ``attempt`` (0-based): doubling from 1 s up to 60 s,
     with jitter of up to half, so many agents do not retry in step."""
-    ceiling = min(RETRY_MAX_S, RETRY_FIRST_S * 2.0**attempt)
-    return ceiling * _jitter.uniform(0.5, 1.0)
+    return backoff_delay(attempt, first_s=RETRY_FIRST_S, max_s=RETRY_MAX_S)
 
 
 async def _serve(ca: CaClient, settings: Settings, current: _Current) -> None:

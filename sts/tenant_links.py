@@ -3,8 +3,8 @@
 Part of the dispatcher (`sts.dispatcher`). Each tenant has its own vhost (`pta.<tenant
 id>`, `common.contracts.tenant_vhost`), and an AMQP connection reaches one vhost, so the
 STS keeps one link per tenant, opened on the first sign-in that needs it (one open at a
-time per tenant; a failed open answers AADSTS80001 and is retried with backoff by later
-sign-ins). Per link:
+time per tenant; a failed open answers AADSTS80001 and is retried with jittered backoff,
+`common.backoff`, by later sign-ins). Per link:
 - one robust connection as the STS's own broker user (never the administrator: see
   `ca.broker_admin.sts_permissions`) and one channel, with publisher confirms and
   `on_return_raises`, so an unroutable publish (no tenant queue) fails at once
@@ -39,6 +39,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from common.backoff import backoff_delay
 from common.contracts import REPLY_EXCHANGE, tenant_queue, tenant_vhost, vhost_url
 
 _BACKOFF_INITIAL_S: Final = 0.5
@@ -83,7 +84,8 @@ class TenantLinks:
         self._connect_timeout_s = connect_timeout_s
         self._links: dict[str, TenantLink] = {}
         self._opening: dict[str, asyncio.Task[TenantLink | None]] = {}
-        self._retry: dict[str, tuple[float, float]] = {}  # tenant -> (not before, backoff)
+        # tenant -> (not before, failed attempts in a row)
+        self._retry: dict[str, tuple[float, int]] = {}
 
     @property
     def open(self) -> Mapping[str, TenantLink]:
@@ -99,7 +101,7 @@ class TenantLinks:
             return found
         task = self._opening.get(tenant_id)
         if task is None:
-            not_before, _ = self._retry.get(tenant_id, (0.0, 0.0))
+            not_before, _ = self._retry.get(tenant_id, (0.0, 0))
             if time.monotonic() < not_before:
                 return None
             task = asyncio.get_running_loop().create_task(
@@ -121,14 +123,14 @@ class TenantLinks:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the top of the task: log, back off, answer 80001
-            _, backoff = self._retry.get(tenant_id, (0.0, _BACKOFF_INITIAL_S / 2))
-            backoff = min(backoff * 2, _BACKOFF_MAX_S)
-            self._retry[tenant_id] = (time.monotonic() + backoff, backoff)
+            _, attempt = self._retry.get(tenant_id, (0.0, 0))
+            backoff = backoff_delay(attempt, first_s=_BACKOFF_INITIAL_S, max_s=_BACKOFF_MAX_S)
+            self._retry[tenant_id] = (time.monotonic() + backoff, attempt + 1)
             log.warning(
                 "broker_connect_failed",
                 tenant_id=tenant_id,
                 error=f"{type(exc).__name__}: {exc}"[:200],
-                retry_in_s=backoff,
+                retry_in_s=round(backoff, 3),
             )
             return None
         self._retry.pop(tenant_id, None)
