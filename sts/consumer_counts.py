@@ -18,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+from cachetools import LRUCache
+
 MAX_COUNT_AGE_S: Final = 30.0
 """A consumer count older than this is re-read in line, not trusted."""
 
@@ -42,7 +44,8 @@ class ConsumerCounts:
         self._interval_s = interval_s
         self._max_age_s = max_age_s
         self._clock = clock
-        self._entries: dict[str, tuple[float, int]] = {}
+        # Least recently used tenants are forgotten first (re-read on their next sign-in).
+        self._entries: LRUCache[str, tuple[float, int]] = LRUCache(_MAX_COUNT_ENTRIES)
         self._wanted: set[str] = set()
         self._wake = asyncio.Event()
         self.probes = 0
@@ -74,8 +77,6 @@ class ConsumerCounts:
         if count is None:
             self._entries.pop(tenant_id, None)
         else:
-            if len(self._entries) >= _MAX_COUNT_ENTRIES:
-                self._entries.clear()
             self._entries[tenant_id] = (self._clock(), count)
         return count
 

@@ -11,11 +11,12 @@ for genuine ones, settle) a reply that comes after the deadline.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
+
+from cachetools import FIFOCache
 
 from common.envelope import verify_reply
 from common.wire import Reply, RequestEnvelope
@@ -139,7 +140,7 @@ class PendingReplies:
 
 
 class UnansweredRequests:
-    """Requests that timed out, newest `MAX_REMEMBERED_EXPIRED` kept (oldest dropped).
+    """Requests that timed out, newest `MAX_REMEMBERED_EXPIRED` kept (first in, first out).
 
     `explain(request_id)` gives what a `reply_late` line names (correlation id, tenant,
     deadline); `take(request_id)` hands the request back once, so a genuine late reply can
@@ -147,18 +148,13 @@ class UnansweredRequests:
     """
 
     def __init__(self, maxsize: int = MAX_REMEMBERED_EXPIRED) -> None:
-        self._maxsize = maxsize
-        self._expired: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
-        self._unanswered: OrderedDict[str, DispatchRequest] = OrderedDict()
+        self._expired: FIFOCache[str, tuple[str, str, float]] = FIFOCache(maxsize)
+        self._unanswered: FIFOCache[str, DispatchRequest] = FIFOCache(maxsize)
 
     def remember(self, request: DispatchRequest) -> None:
         env = request.envelope
         self._expired[env.request_id] = (request.correlation_id, env.tenant_id, env.expires_at)
-        while len(self._expired) > self._maxsize:
-            self._expired.popitem(last=False)
         self._unanswered[env.request_id] = request
-        while len(self._unanswered) > self._maxsize:
-            self._unanswered.popitem(last=False)
 
     def explain(self, request_id: str) -> tuple[str, str, float] | None:
         """(correlation id, tenant id, expires_at) of a request that timed out, if kept."""
