@@ -69,6 +69,7 @@ from agent.cloud import (
     RenewalNotDue,
     RenewalReplayed,
     is_transient,
+    registered_ca_options,
 )
 from agent.consumer import SignInHandler
 from agent.directory import Directory, DirectoryError, DirectoryMisconfigured
@@ -229,14 +230,8 @@ async def _run_connected(
     stop: asyncio.Event,
 ) -> None:
     record = registration.record
-    trust = f"the CA bundle this agent was registered with ({registration.dir.ca_bundle})"
     current = _Current()
-    ca = CaClient(
-        record.ca_url,
-        ssl_context=registration.mutual_tls(),
-        trust=trust,
-        timeout_s=settings.http_timeout_s,
-    )
+    ca = CaClient(**registered_ca_options(registration, timeout_s=settings.http_timeout_s))
     if state.pending_renewal_key(registration.dir) is not None:
         registration = await _resume_renewal(ca, registration)
     current.registration = registration
