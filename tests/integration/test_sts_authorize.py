@@ -41,7 +41,7 @@ from sts.errors import (
 )
 from sts.signin import PASSWORD_VALIDATOR, SignedInUser, SignInContext
 from sts.tenants import Tenant
-from tests.integration.test_sts_harness import Sts, error_of, running_sts
+from tests.support.sts_harness import Sts, error_of, running_sts
 
 pytestmark = pytest.mark.stack
 

@@ -23,7 +23,7 @@ from common import tls
 from infra.stack import Stack
 from sts.signin import PASSWORD_VALIDATOR
 from tests.integration.test_sts_authorize import PASSWORD, FakeValidator, add_synced_user, form_of
-from tests.integration.test_sts_harness import make_tls, running_sts
+from tests.support.sts_harness import make_tls, running_sts
 
 pytestmark = pytest.mark.stack
 

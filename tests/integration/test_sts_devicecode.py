@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from infra.demo import DemoTenant
 from infra.stack import Stack
-from tests.integration.test_sts_harness import (
+from tests.support.sts_harness import (
     AGENT,
     CA_SCOPE,
     DEVICE_GRANT,

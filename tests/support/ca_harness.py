@@ -1,4 +1,4 @@
-"""Shared fixtures of the CA integration tests (imported by the other test_ca_* modules).
+"""Shared fixtures of the CA integration tests (imported by the test_ca_* modules).
 
 Fixtures are defined as ``*_fixture`` with ``name=``: a module imports the function and
 its tests ask for the short name, without the import shadowing the argument.

@@ -1,0 +1,3 @@
+"""The old import path of tests.support.ca_harness, kept until every caller imports that."""
+
+from tests.support.ca_harness import *  # noqa: F403
