@@ -28,7 +28,7 @@ import orjson
 import structlog
 
 from agent import __version__, logon, prompts, registration, runner, state, status_view
-from agent.cloud import AgentGone, AgentView, CaClient
+from agent.cloud import AgentGone, AgentView, CaClient, registered_ca_options
 from agent.directory import DirectoryError, DirectoryMisconfigured, Verdict
 from agent.errors import AgentError
 from agent.https import ClientCertificateRefused, ServerNotTrusted, Unreachable
@@ -443,13 +443,7 @@ async def _test_logon(
 
 
 async def _sync(source: UserSource, loaded: state.Registration, settings: Settings) -> SyncReport:
-    trust = f"the CA bundle this agent was registered with ({loaded.dir.ca_bundle})"
-    async with CaClient(
-        loaded.record.ca_url,
-        ssl_context=loaded.mutual_tls(),
-        trust=trust,
-        timeout_s=settings.http_timeout_s,
-    ) as ca:
+    async with CaClient(**registered_ca_options(loaded, timeout_s=settings.http_timeout_s)) as ca:
         return await sync_once(source, ca)
 
 
@@ -470,13 +464,7 @@ def _print_sync(report: SyncReport, directory: LdapDirectorySettings) -> None:
 
 
 async def _self_view(loaded: state.Registration, settings: Settings) -> AgentView:
-    trust = f"the CA bundle this agent was registered with ({loaded.dir.ca_bundle})"
-    async with CaClient(
-        loaded.record.ca_url,
-        ssl_context=loaded.mutual_tls(),
-        trust=trust,
-        timeout_s=settings.http_timeout_s,
-    ) as ca:
+    async with CaClient(**registered_ca_options(loaded, timeout_s=settings.http_timeout_s)) as ca:
         return await ca.self_view()
 
 

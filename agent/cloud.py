@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ssl
 import uuid
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final, TypedDict
 from urllib.parse import quote
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
@@ -23,6 +23,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from agent import __version__
 from agent.errors import AgentError, first_paragraph
 from agent.https import HttpsClient, ProtocolError, Response, Unreachable, printable
+
+if TYPE_CHECKING:
+    from agent.state import Registration
 
 
 class CaError(AgentError):
@@ -258,6 +261,36 @@ PROCESS_INSTANCE_ID: Final = uuid.uuid4().hex
 """This agent process's instance id, random per start: sent with every bootstrap and
 heartbeat so that the CA notices one agent identity used by two processes at once
 (clone detection, docs/architecture.md "Agent lifecycle")."""
+
+
+def registered_trust(registration: Registration) -> str:
+    """What TLS errors name as the trust of a registered agent: its pinned CA bundle."""
+    return f"the CA bundle this agent was registered with ({registration.dir.ca_bundle})"
+
+
+class CaClientOptions(TypedDict):
+    base_url: str
+    ssl_context: ssl.SSLContext
+    trust: str
+    timeout_s: float
+
+
+def registered_ca_options(
+    registration: Registration, *, timeout_s: float, mutual_tls: bool = True
+) -> CaClientOptions:
+    """How a registered agent's `CaClient` is built, from its state folder: the CA URL it
+    registered with, the pinned bundle and (unless `mutual_tls` is False, for the calls
+    an administrator's token authorizes) the agent's certificate and key.
+
+    Callers write `CaClient(**registered_ca_options(...))`, so the class stays a name of
+    their module (tests put a fake CA in its place)."""
+    context = registration.mutual_tls() if mutual_tls else registration.server_tls()
+    return CaClientOptions(
+        base_url=registration.record.ca_url,
+        ssl_context=context,
+        trust=registered_trust(registration),
+        timeout_s=timeout_s,
+    )
 
 
 class CaClient:

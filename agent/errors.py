@@ -7,18 +7,20 @@ specifics of one occurrence; it never carries a password, token or key.
 
 from __future__ import annotations
 
+from common.errors import DocumentedError
+from common.errors import first_paragraph as _first_paragraph
 
-class AgentError(Exception):
+_DEFAULT = "The agent could not complete the operation."
+
+
+class AgentError(DocumentedError):
     """The agent could not complete the operation."""
 
-    def __init__(self, detail: str = "", *, message: str | None = None) -> None:
-        self.detail = detail
-        default = message if message is not None else first_paragraph(type(self).__doc__)
-        super().__init__(f"{default} {detail}".strip())
+    @classmethod
+    def default_message(cls) -> str:
+        return first_paragraph(cls.__doc__)
 
 
 def first_paragraph(doc: str | None) -> str:
     """A docstring's first paragraph on one line: the default message of an error class."""
-    if not doc:
-        return "The agent could not complete the operation."
-    return " ".join(doc.strip().split("\n\n")[0].split())
+    return _first_paragraph(doc) or _DEFAULT

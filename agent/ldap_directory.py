@@ -49,7 +49,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +59,7 @@ from urllib.parse import urlsplit
 
 import ldap3
 import structlog
+from cachetools import TTLCache
 from ldap3.core import exceptions as ldap_exc
 from ldap3.utils.conv import escape_filter_chars
 
@@ -253,7 +254,10 @@ class LdapDirectory:
             max_workers=settings.pool_size, thread_name_prefix="pta-ldap"
         )
         self._is_closed = False
-        self._dn_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # Entries live dn_cache_ttl_s; when full, the least recently used goes first.
+        self._dn_cache: TTLCache[str, str] = TTLCache(
+            DN_CACHE_MAX_ENTRIES, ttl=max(settings.dn_cache_ttl_s, 0.0)
+        )
 
     @classmethod
     async def open(cls, settings: LdapDirectorySettings) -> Self:
@@ -411,22 +415,13 @@ class LdapDirectory:
         if self.settings.dn_cache_ttl_s <= 0:
             return None
         with self._lock:
-            hit = self._dn_cache.get(value)
-            if hit is None:
-                return None
-            if hit[1] < time.monotonic():
-                del self._dn_cache[value]
-                return None
-            return hit[0]
+            return self._dn_cache.get(value)
 
     def _remember_dn(self, value: str, dn: str) -> None:
         if self.settings.dn_cache_ttl_s <= 0:
             return
         with self._lock:
-            self._dn_cache[value] = (dn, time.monotonic() + self.settings.dn_cache_ttl_s)
-            self._dn_cache.move_to_end(value)
-            while len(self._dn_cache) > DN_CACHE_MAX_ENTRIES:
-                self._dn_cache.popitem(last=False)
+            self._dn_cache[value] = dn
 
     def _forget_dn(self, value: str) -> None:
         with self._lock:

@@ -24,7 +24,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from agent import state
-from agent.cloud import AgentNotFound, CaClient, IssuedCertificate
+from agent.cloud import (
+    AgentNotFound,
+    CaClient,
+    IssuedCertificate,
+    registered_ca_options,
+    registered_trust,
+)
 from agent.errors import AgentError
 from agent.signin import Login, acquire_admin_token
 from common import pki, tls
@@ -171,13 +177,15 @@ async def unregister(
     """
     record = registration.record
     context = registration.server_tls()
-    trust = f"the CA bundle this agent was registered with ({registration.dir.ca_bundle})"
+    trust = registered_trust(registration)
     token = await acquire_admin_token(
         record.ca_url, record.tenant_id, login, ssl_context=context, trust=trust,
         timeout_s=timeout_s,
     )  # fmt: skip
     deleted = True
-    async with CaClient(record.ca_url, ssl_context=context, trust=trust, timeout_s=timeout_s) as ca:
+    async with CaClient(
+        **registered_ca_options(registration, timeout_s=timeout_s, mutual_tls=False)
+    ) as ca:
         try:
             await ca.delete_agent(token.value, record.agent_id)
         except AgentNotFound:

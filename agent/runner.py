@@ -69,6 +69,7 @@ from agent.cloud import (
     RenewalNotDue,
     RenewalReplayed,
     is_transient,
+    registered_ca_options,
 )
 from agent.consumer import SignInHandler
 from agent.directory import Directory, DirectoryError, DirectoryMisconfigured
@@ -78,6 +79,7 @@ from agent.https import ClientCertificateRefused
 from agent.ldap_directory import LdapDirectory, LdapDirectorySettings, ServiceAccountRefused
 from agent.settings import Settings
 from agent.sync import UserSource, sync_once
+from common.backoff import backoff_delay
 from common.contracts import tenant_queue
 from common.wire import MAX_DETAIL_CHARS
 
@@ -228,16 +230,10 @@ async def _run_connected(
     stop: asyncio.Event,
 ) -> None:
     record = registration.record
-    trust = f"the CA bundle this agent was registered with ({registration.dir.ca_bundle})"
     current = _Current()
     # Before the first mutual-TLS call: a revoked CA or broker certificate is refused.
     await service_crl.refresh(registration, timeout_s=settings.http_timeout_s)
-    ca = CaClient(
-        record.ca_url,
-        ssl_context=registration.mutual_tls(),
-        trust=trust,
-        timeout_s=settings.http_timeout_s,
-    )
+    ca = CaClient(**registered_ca_options(registration, timeout_s=settings.http_timeout_s))
     if state.pending_renewal_key(registration.dir) is not None:
         registration = await _resume_renewal(ca, registration)
     current.registration = registration
@@ -300,8 +296,7 @@ def refresh_delay(*, received_at: float, expires_at: float, now: float) -> float
 def retry_delay(attempt: int) -> float:
     """Backoff after failed attempt ``attempt`` (0-based): doubling from 1 s up to 60 s,
     with jitter of up to half, so many agents do not retry in step."""
-    ceiling = min(RETRY_MAX_S, RETRY_FIRST_S * 2.0**attempt)
-    return ceiling * _jitter.uniform(0.5, 1.0)
+    return backoff_delay(attempt, first_s=RETRY_FIRST_S, max_s=RETRY_MAX_S)
 
 
 async def _serve(ca: CaClient, settings: Settings, current: _Current) -> None:

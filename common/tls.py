@@ -30,6 +30,8 @@ from typing import Final
 from aiohttp import web
 from cryptography import x509
 
+from common.errors import DocumentedError
+
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 StrPath = str | os.PathLike[str]
@@ -38,13 +40,8 @@ HSTS: Final = "max-age=31536000; includeSubDomains"
 """Strict-Transport-Security: a year, subdomains included (as Entra's login host sends)."""
 
 
-class TlsConfigError(Exception):
+class TlsConfigError(DocumentedError):
     """The TLS configuration cannot be used."""
-
-    def __init__(self, detail: str = "") -> None:
-        self.detail = detail
-        default = (self.__doc__ or type(self).__name__).strip().splitlines()[0]
-        super().__init__(f"{default} {detail}".strip())
 
 
 def server_context(

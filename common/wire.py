@@ -45,6 +45,8 @@ import aio_pika
 import aio_pika.abc
 import msgspec
 
+from common.errors import DocumentedError
+
 __all__ = [
     "GCM_TAG_BYTES",
     "MAX_CIPHERTEXT_BYTES",
@@ -110,14 +112,14 @@ ElapsedMs = Annotated[float, msgspec.Meta(ge=0, le=3_600_000)]
 Mac = Annotated[str, msgspec.Meta(pattern=r"^(?:[A-Za-z0-9+/]{43}=)?\Z")]
 
 
-class WireError(Exception):
+class WireError(DocumentedError):
     """A message is not a valid version-1 PTA message and was refused."""
 
-    def __init__(self, detail: str = "") -> None:
-        base = (type(self).__doc__ or type(self).__name__).strip()
-        if len(detail) > _MAX_ECHO_CHARS:
-            detail = detail[:_MAX_ECHO_CHARS] + "..."
-        super().__init__(f"{base}: {detail}" if detail else base)
+    detail_separator = ": "
+
+    def shown_detail(self, detail: str) -> str:
+        """At most `_MAX_ECHO_CHARS` of what the peer sent are echoed."""
+        return detail[:_MAX_ECHO_CHARS] + "..." if len(detail) > _MAX_ECHO_CHARS else detail
 
 
 class Status(enum.StrEnum):

@@ -9,11 +9,9 @@ application role and database and applies the migrations.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,6 +20,7 @@ import asyncpg
 from common import migrate
 from infra import stackuser
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
+from infra.waiting import wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = stackuser.OS_USER
@@ -161,19 +160,21 @@ class Postgres:
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Ready = `SELECT 1` as the superuser over TCP with SCRAM."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
+
+        async def answers() -> str:
             try:
                 conn = await asyncpg.connect(self.admin_dsn, timeout=2)
                 try:
                     await conn.fetchval("SELECT 1")
                 finally:
                     await conn.close()
-                return
-            except Exception as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                await asyncio.sleep(0.1)
+            except Exception as exc:  # not up yet: any failure means "try again"
+                return f"{type(exc).__name__}: {exc}"
+            return ""
+
+        last = await wait_until(answers, timeout_s=timeout_s, interval_s=0.1)
+        if not last:
+            return
         raise ServerNotReady(
             f"PostgreSQL not ready after {timeout_s:.0f} s ({last}); "
             f"see {self.layout.logs_dir / 'postgres.log'}"

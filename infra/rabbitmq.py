@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,6 +27,7 @@ import aiohttp
 
 from infra.certs import StackPki
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
+from infra.waiting import wait_until
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 ERTS_GLOB = "/usr/lib/erlang/erts-*/bin/epmd"
@@ -215,10 +215,9 @@ class RabbitMQ:
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Ready = the management API answers and an AMQP handshake succeeds."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer yet"
         async with aiohttp.ClientSession(headers=self._auth()) as http:
-            while time.monotonic() < deadline:
+
+            async def answers() -> str:
                 try:
                     async with asyncio.timeout(2):
                         async with http.get(f"{self.management_url}/api/overview") as r:
@@ -226,10 +225,13 @@ class RabbitMQ:
                                 raise RuntimeError(f"management API answered {r.status}")
                         conn = await aio_pika.connect(self.admin_url())
                         await conn.close()
-                    return
-                except Exception as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                    await asyncio.sleep(0.2)
+                except Exception as exc:  # not up yet: any failure means "try again"
+                    return f"{type(exc).__name__}: {exc}"
+                return ""
+
+            last = await wait_until(answers, timeout_s=timeout_s, interval_s=0.2)
+        if not last:
+            return
         raise ServerNotReady(
             f"RabbitMQ not ready after {timeout_s:.0f} s ({last}); "
             f"see {self.layout.logs_dir / 'rabbitmq.log'}"

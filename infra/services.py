@@ -14,7 +14,6 @@ import secrets
 import ssl
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from infra.certs import StackPki
 from infra.demo import Demo, DemoTenant
 from infra.ldif import FAILURE_COUNT_INTERVAL_S, MAX_FAILURE
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
+from infra.waiting import wait_until
 
 # How many agents `make up` registers per tenant (docs/design.md: three for contoso, two for
 # fabrikam, so that both multi-agent and cross-tenant behaviour show).
@@ -252,11 +252,11 @@ class Services:
             f"{u}/{self.demo.tenants[0].id}/v2.0/.well-known/openid-configuration"
             for u in self.sts_urls
         ] + [f"{self.ca_url}/.well-known/pta-configuration"]
-        deadline = time.monotonic() + timeout_s
         pending = list(urls)
-        last = ""
         async with aiohttp.ClientSession() as http:
-            while pending and time.monotonic() < deadline:
+
+            async def all_answer() -> str:
+                last = ""
                 for url in list(pending):
                     try:
                         async with asyncio.timeout(2):
@@ -267,9 +267,10 @@ class Services:
                                     last = f"{url} answered {r.status}"
                     except Exception as exc:  # not ready yet: any failure means "try again"
                         last = f"{url}: {type(exc).__name__}"
-                if pending:
-                    await asyncio.sleep(0.2)
-        if pending:
+                return last or ("" if not pending else f"{pending[0]} not ready")
+
+            last = await wait_until(all_answer, timeout_s=timeout_s, interval_s=0.2)
+        if last:
             raise ServerNotReady(
                 f"services not ready after {timeout_s:.0f} s ({last}); "
                 f"see {self.layout.logs_dir}/sts.log and ca.log"
@@ -299,9 +300,10 @@ class Services:
         its tenant queue, so this is the agent's own end-to-end readiness.
         """
         ids = [a["id"] for a in self.stack_json_agents()]
-        deadline = time.monotonic() + timeout_s
         silent: list[str] = ids
-        while time.monotonic() < deadline:
+
+        async def all_heard() -> str:
+            nonlocal silent
             conn = await asyncpg.connect(self.postgres_dsn, timeout=5)
             try:
                 rows = await conn.fetch(
@@ -313,9 +315,10 @@ class Services:
             finally:
                 await conn.close()
             silent = sorted(set(ids) - {r["id"] for r in rows})
-            if not silent:
-                return
-            await asyncio.sleep(0.2)
+            return ", ".join(silent)
+
+        if not await wait_until(all_heard, timeout_s=timeout_s, interval_s=0.2):
+            return
         names = [a["name"] for a in self.stack_json_agents() if a["id"] in silent]
         raise ServerNotReady(
             f"agents not active after {timeout_s:.0f} s: {', '.join(names)}; "

@@ -43,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from infra import ldif
 from infra.demo import Demo, DemoTenant
 from infra.server import Health, Layout, Program, ServerNotReady, StackError
+from infra.waiting import wait_until
 
 _SUBPROCESS_TIMEOUT_S = 60
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
@@ -277,18 +278,13 @@ class Slapd:
     async def wait_ready(self, timeout_s: float) -> None:
         """Return once a tenant's service account can bind; else raise ServerNotReady."""
         tenant = self.demo.tenants[0]
-        deadline = time.monotonic() + timeout_s
-        delay = 0.02
-        last = "no attempt"
-        while True:
-            last = await asyncio.to_thread(self._try_bind, tenant, 1)
-            if not last:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.5)
+
+        async def binds() -> str:
+            return await asyncio.to_thread(self._try_bind, tenant, 1)
+
+        last = await wait_until(binds, timeout_s=timeout_s, interval_s=0.02, max_interval_s=0.5)
+        if not last:
+            return
         raise ServerNotReady(
             f"slapd did not accept a bind at {self.url} within {timeout_s:g} s ({last}); "
             f"see {self.log_path}"

@@ -16,13 +16,13 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 from infra.server import Layout, Program, StackError
+from infra.waiting import wait_until_blocking
 
 LOG_UMASK = "077"
 """supervisord's umask (inherited by every program): log files 0600, folders 0700."""
@@ -94,11 +94,12 @@ class Supervisor:
         )
         if result.returncode != 0:
             raise SupervisorError(f"supervisord failed to start: {result.stderr.strip()}")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.socket.exists() and self.pid() is not None:
-                return
-            time.sleep(0.05)
+
+        def is_up() -> str:
+            return "" if self.socket.exists() and self.pid() is not None else "not up"
+
+        if not wait_until_blocking(is_up, timeout_s=10, interval_s=0.05):
+            return
         raise SupervisorError(
             f"supervisord did not come up; see {self.layout.logs_dir / 'supervisord.log'}"
         )

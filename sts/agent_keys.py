@@ -17,8 +17,8 @@ but late to report would answer its users `key_not_found`.
 
 Freshness rules:
 - `listen()` holds one dedicated connection (not from the pool), reconnects with
-  exponential backoff, and invalidates everything on every (re)connect: notifications
-  sent while it was away are lost.
+  exponential, jittered backoff (`common.backoff`), and invalidates everything on every
+  (re)connect: notifications sent while it was away are lost.
 - While it is not listening, nothing is cached: every sign-in reads the table.
 - A load that raced with a notification is not stored (per-tenant generation numbers), so
   a reload that started before a change committed cannot resurrect the old keys.
@@ -43,6 +43,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
+from common.backoff import Backoff
 from common.envelope import kid_for
 from sts.queries import AgentKeyRow, Database
 
@@ -189,7 +190,7 @@ class AgentKeys:
 
     async def listen(self) -> None:
         """Run until cancelled: LISTEN on `pta_agents`, reconnecting with backoff."""
-        backoff = _BACKOFF_INITIAL_S
+        backoff = Backoff(_BACKOFF_INITIAL_S, _BACKOFF_MAX_S)
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -205,15 +206,17 @@ class AgentKeys:
                 self._is_listening = True
                 self.listening.set()
                 log.info("agent_keys_listening", channel=CHANNEL)
-                backoff = _BACKOFF_INITIAL_S
+                backoff.reset()
                 await self._watch(conn, lost)
+                delay = backoff.next()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the top of a task: log, back off, reconnect
+                delay = backoff.next()
                 log.warning(
                     "agent_keys_listen_failed",
                     error=f"{type(exc).__name__}: {exc}"[:200],
-                    retry_in_s=backoff,
+                    retry_in_s=round(delay, 3),
                 )
             finally:
                 was_listening = self._is_listening
@@ -224,8 +227,7 @@ class AgentKeys:
                     conn.terminate()
             if was_listening:
                 self.stats["reconnects"] += 1
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            await asyncio.sleep(delay)
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         """Return when the connection is lost; ping it so a dead peer is noticed."""

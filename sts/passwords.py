@@ -37,13 +37,14 @@ import datetime as dt
 import secrets
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
 import structlog
 from aiohttp import web
+from cachetools import FIFOCache
 
 from common.envelope import new_reply_key, seal
 from common.usernames import canonical_username, is_user_name
@@ -174,16 +175,15 @@ class RoundTrips:
 
     def __init__(self, *, per_tenant: int = 64, tenants: int = 10_000) -> None:
         self._per_tenant = per_tenant
-        self._tenants = tenants
-        self._by_tenant: OrderedDict[str, deque[float]] = OrderedDict()
+        # First in, first out; `add` re-inserts its tenant, so the least recently answered
+        # tenant is the first out (reading a sample does not move it).
+        self._by_tenant: FIFOCache[str, deque[float]] = FIFOCache(tenants)
         self._all: deque[float] = deque(maxlen=per_tenant)
 
     def add(self, tenant_id: str, seconds: float) -> None:
         durations = self._by_tenant.pop(tenant_id, None) or deque(maxlen=self._per_tenant)
         durations.append(seconds)
         self._by_tenant[tenant_id] = durations
-        while len(self._by_tenant) > self._tenants:
-            self._by_tenant.popitem(last=False)
         self._all.append(seconds)
 
     def sample(self, tenant_id: str) -> float | None:

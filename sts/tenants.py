@@ -13,11 +13,11 @@ simply cleared when full. A domain moved to another tenant or a changed
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from dataclasses import dataclass
 
 from aiohttp import web
+from cachetools import TTLCache
 
 from sts.correlation import bind_tenant
 from sts.errors import TenantNotFound
@@ -60,21 +60,20 @@ class TenantDirectory:
 
     def __init__(self, db: Database, *, ttl_s: float) -> None:
         self._db = db
-        self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, Tenant | None]] = {}
+        # Entries live `ttl_s`; when full, the least recently used tenant goes first.
+        self._cache: TTLCache[str, Tenant | None] | None = (
+            TTLCache(MAX_CACHE_ENTRIES, ttl=ttl_s) if ttl_s > 0 else None
+        )
 
     async def resolve(self, segment: str) -> Tenant:
         """The tenant named by `segment`; raises TenantNotFound (AADSTS90002)."""
         key = segment.lower()
-        now = time.monotonic()
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            tenant = hit[1]
+        if self._cache is not None and key in self._cache:
+            tenant = self._cache[key]
         else:
             tenant = await self._lookup(segment)
-            if len(self._cache) >= MAX_CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[key] = (now + self._ttl_s, tenant)
+            if self._cache is not None:
+                self._cache[key] = tenant
         if tenant is None:
             raise TenantNotFound(segment)
         return tenant

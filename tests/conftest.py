@@ -19,6 +19,10 @@ import pytest_asyncio
 from infra.ports import free_port_base
 from infra.stack import Stack
 
+# Helpers in tests/support/ assert too: rewrite them like test modules, so a failing
+# assert there explains itself as well.
+pytest.register_assert_rewrite("tests.support")
+
 
 def make_state_dir(prefix: str) -> Path:
     # A fresh 0700 folder: the stack user never enters it (infra.stackuser).

@@ -3,14 +3,11 @@ docstring is the default message; no message ever carries key material."""
 
 from __future__ import annotations
 
+from common.errors import DocumentedError
 
-class PkiError(Exception):
+
+class PkiError(DocumentedError):
     """A certificate operation failed."""
-
-    def __init__(self, detail: str = "") -> None:
-        self.detail = detail
-        default = (self.__doc__ or type(self).__name__).strip().splitlines()[0]
-        super().__init__(f"{default} {detail}".strip())
 
 
 class PemInvalid(PkiError):

@@ -1,5 +1,5 @@
 """Fixtures shared by the agent's integration tests: an in-process stand-in for the CA
-and STS (tests/integration/test_agent_clients.py) with its own certificates."""
+and STS (tests.support.fake_cloud) with its own certificates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.integration.test_agent_clients import FakeCloud, Material, make_material
+from tests.support.fake_cloud import FakeCloud, Material, make_material
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from infra.demo import UserState
 from infra.stack import Stack
-from tests.integration.test_ca_sync import agent_env, pta_agent
+from tests.support.stack_agents import agent_env, pta_agent
 
 pytestmark = pytest.mark.stack
 

@@ -57,8 +57,8 @@ from tests.broker import (
     sts_url,
     sts_user,
 )
-from tests.integration.test_agent_clients import Agent, FakeCloud, registered
 from tests.logs import logged_event
+from tests.support.fake_cloud import Agent, FakeCloud, registered
 
 pytestmark = pytest.mark.stack
 

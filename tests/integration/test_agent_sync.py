@@ -15,7 +15,7 @@ from agent.ldap_directory import LdapDirectorySettings, ServiceAccountRefused
 from agent.sync import UserSource
 from infra.demo import DemoTenant
 from infra.stack import Stack
-from tests.integration.test_ca_sync import directory_settings
+from tests.support.stack_agents import directory_settings
 
 pytestmark = [
     pytest.mark.stack,

@@ -21,7 +21,7 @@ from cryptography import x509
 from ca.broker_admin import RabbitManagement
 from common.contracts import REPLY_EXCHANGE, agent_broker_user, tenant_queue, tenant_vhost
 from tests.broker import VHOST_REFUSED
-from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used by name
+from tests.support.ca_harness import (  # noqa: F401 - fixtures, used by name
     NOW,
     Agent,
     CaServer,

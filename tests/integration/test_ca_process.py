@@ -22,7 +22,8 @@ from cryptography import x509
 from common import pki
 from common.tls import client_context, server_context
 from infra.stack import Stack
-from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used by name
+from tests.logs import logged_event
+from tests.support.ca_harness import (  # noqa: F401 - fixtures, used by name
     Pki,
     TenantFactory,
     bearer,
@@ -33,7 +34,6 @@ from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used b
     new_tenant_fixture,
     save_agent,
 )
-from tests.logs import logged_event
 
 pytestmark = pytest.mark.stack
 

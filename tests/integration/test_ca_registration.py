@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca.broker_admin import RabbitManagement
 from common import pki
 from common.contracts import CA_AUDIENCE, tenant_queue, tenant_vhost
-from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used by name
+from tests.support.ca_harness import (  # noqa: F401 - fixtures, used by name
     STS_KID,
     CaServer,
     TenantFactory,

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ca.renewal import sweep_expired
 from common import pki
 from common.contracts import agent_broker_user
-from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used by name
+from tests.support.ca_harness import (  # noqa: F401 - fixtures, used by name
     Agent,
     CaServer,
     TenantFactory,

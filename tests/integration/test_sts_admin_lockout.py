@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from infra.stack import Stack
-from tests.integration.test_sts_devicecode import login, start_flow, submit
-from tests.integration.test_sts_harness import Sts, error_of, running_sts
+from tests.support.devicecode import login, start_flow, submit
+from tests.support.sts_harness import Sts, error_of, running_sts
 
 pytestmark = pytest.mark.stack
 

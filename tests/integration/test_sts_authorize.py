@@ -4,8 +4,9 @@ A test drives the pages like a browser: GET the authorize URL, read the form (ac
 hidden fields, CSRF token; its twin is in the cookie jar), POST the username, POST the
 password, and take the 302 without following it (the demo app's redirect URI,
 `http://localhost:8400/callback`, has nobody listening). The password check is a fake
-`PasswordValidator` plugged into the app: the real one needs agents, which these tests
-do not start; what the pages do with each of its answers is what is tested here.
+`PasswordValidator` plugged into the app (tests.support.browser_signin): the real one
+needs agents, which these tests do not start; what the pages do with each of its answers
+is what is tested here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import secrets
 import uuid
 import warnings
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,64 +32,13 @@ from structlog.contextvars import merge_contextvars
 from infra.demo import DemoTenant
 from infra.stack import Stack
 from sts import pkce
-from sts.errors import (
-    AccountLocked,
-    InvalidCredentials,
-    LogonHoursInvalid,
-    NoAgentAvailable,
-    PasswordMustChange,
-    UserNotFound,
-)
-from sts.signin import PASSWORD_VALIDATOR, SignedInUser, SignInContext
-from sts.tenants import Tenant
-from tests.integration.test_sts_harness import Sts, error_of, running_sts
+from sts.signin import PASSWORD_VALIDATOR, SignedInUser
+from tests.support.browser_signin import PASSWORD, FakeValidator, add_synced_user, form_of
+from tests.support.sts_harness import Sts, error_of, running_sts
 
 pytestmark = pytest.mark.stack
 
-PASSWORD = "Correct-Horse-9a"
 WRONG = "Wrong-Battery-42"
-_FORM = re.compile(r'<form method="post" action="([^"]+)">')
-_HIDDEN = re.compile(r'<input type="hidden" name="([^"]*)" value="([^"]*)">')
-
-
-@dataclass
-class FakeValidator:
-    """Accepts `PASSWORD` for the users it knows; refuses like the agents would."""
-
-    users: dict[str, SignedInUser] = field(default_factory=dict)
-    calls: list[tuple[str, SignInContext]] = field(default_factory=list)
-
-    def add(self, t: DemoTenant, uid: str) -> SignedInUser:
-        user = SignedInUser(
-            id=str(uuid.uuid4()),
-            tenant_id=t.id,
-            username=f"{uid}@{t.domain}",
-            display_name=f"{uid.title()} Test",
-            immutable_id=str(uuid.uuid4()),
-            agent_id=str(uuid.uuid4()),
-        )
-        self.users[user.username] = user
-        return user
-
-    async def validate(
-        self, tenant: Tenant, username: str, password: str, context: SignInContext
-    ) -> SignedInUser:
-        self.calls.append((username, context))
-        local = username.split("@")[0]
-        if local == "down":
-            raise NoAgentAvailable()
-        if local == "maya":
-            raise PasswordMustChange()
-        if local == "luke":
-            raise AccountLocked()
-        if local == "ghost":
-            raise UserNotFound()
-        if local == "owl":
-            raise LogonHoursInvalid()
-        user = self.users.get(username.lower())
-        if user is None or user.tenant_id != tenant.id or password != PASSWORD:
-            raise InvalidCredentials()
-        return user
 
 
 @dataclass
@@ -98,18 +48,6 @@ class World:
     alice: SignedInUser  # contoso, synced (in `users`)
     bob: SignedInUser  # fabrikam
     second_app: str  # another public app of contoso, same redirect URI
-
-
-async def add_synced_user(sts: Sts, user: SignedInUser) -> None:
-    await sts.sql(
-        "INSERT INTO users (id, tenant_id, username, immutable_id, display_name) "
-        "VALUES ($1, $2, $3, $4, $5)",
-        uuid.UUID(user.id),
-        uuid.UUID(user.tenant_id),
-        user.username,
-        user.immutable_id,
-        user.display_name,
-    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -168,14 +106,6 @@ def new_flow(t: DemoTenant, client_id: str | None = None, **overrides: str | Non
         **overrides,
     }
     return Flow(t, {k: v for k, v in params.items() if v is not None}, verifier)
-
-
-def form_of(page: str) -> tuple[str, dict[str, str]]:
-    """The page's form action and hidden fields (HTML-unescaped, as a browser sends them)."""
-    match = _FORM.search(page)
-    assert match, page
-    fields = {html.unescape(k): html.unescape(v) for k, v in _HIDDEN.findall(page)}
-    return html.unescape(match.group(1)), fields
 
 
 async def open_authorize(sts: Sts, flow: Flow) -> ClientResponse:

@@ -22,8 +22,8 @@ import pytest
 from common import tls
 from infra.stack import Stack
 from sts.signin import PASSWORD_VALIDATOR
-from tests.integration.test_sts_authorize import PASSWORD, FakeValidator, add_synced_user, form_of
-from tests.integration.test_sts_harness import make_tls, running_sts
+from tests.support.browser_signin import PASSWORD, FakeValidator, add_synced_user, form_of
+from tests.support.sts_harness import make_tls, running_sts
 
 pytestmark = pytest.mark.stack
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import jwt
 import pytest
 import pytest_asyncio
 
-from infra.demo import DemoTenant
 from infra.stack import Stack
-from tests.integration.test_sts_harness import (
+from tests.support.devicecode import csrf_token, login, poll, start_flow, submit
+from tests.support.sts_harness import (
     AGENT,
     CA_SCOPE,
     DEVICE_GRANT,
@@ -28,59 +27,11 @@ from tests.integration.test_sts_harness import (
 
 pytestmark = pytest.mark.stack
 
-_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def sts(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sts]:
     async with running_sts(stack, tmp_path_factory.mktemp("sts-device")) as running:
         yield running
-
-
-async def start_flow(sts: Sts, t: DemoTenant, client_id: str = AGENT) -> dict[str, Any]:
-    r = await sts.client.post(
-        f"/{t.domain}/oauth2/v2.0/devicecode",
-        data={"client_id": client_id, "scope": f"{CA_SCOPE} openid profile offline_access"},
-    )
-    assert r.status == 200, await r.text()
-    assert r.headers["Cache-Control"] == "no-store"
-    flow: dict[str, Any] = await r.json()
-    return flow
-
-
-async def poll(sts: Sts, t: DemoTenant, flow: dict[str, Any], client_id: str = AGENT) -> Any:
-    r = await sts.token(
-        t.id, grant_type=DEVICE_GRANT, client_id=client_id, device_code=flow["device_code"]
-    )
-    return r.status, await r.json()
-
-
-async def csrf_token(sts: Sts) -> str:
-    r = await sts.client.get("/devicelogin")
-    assert r.status == 200
-    assert r.headers["X-Frame-Options"] == "DENY"
-    assert "script-src" not in r.headers["Content-Security-Policy"]  # default-src 'none'
-    match = _CSRF.search(await r.text())
-    assert match
-    return match.group(1)
-
-
-async def submit(sts: Sts, form: dict[str, str], *, with_csrf: bool = True) -> tuple[int, str]:
-    data = dict(form)
-    if with_csrf:
-        data["csrf_token"] = await csrf_token(sts)
-    r = await sts.client.post("/devicelogin", data=data)
-    return r.status, await r.text()
-
-
-def login(t: DemoTenant, flow: dict[str, Any], **extra: str) -> dict[str, str]:
-    return {
-        "user_code": flow["user_code"],
-        "username": t.admin_username,
-        "password": t.admin_password,
-        "action": "approve",
-        **extra,
-    }
 
 
 async def test_full_flow_pending_approve_redeem_once(sts: Sts) -> None:

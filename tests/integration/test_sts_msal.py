@@ -19,7 +19,7 @@ import pytest
 
 from common import tls
 from infra.stack import Stack
-from tests.integration.test_sts_harness import AGENT, CA_SCOPE, make_tls, running_sts
+from tests.support.sts_harness import AGENT, CA_SCOPE, make_tls, running_sts
 
 pytestmark = pytest.mark.stack
 

@@ -14,7 +14,7 @@ import pytest
 
 from common import tls
 from infra.stack import Stack
-from tests.integration.test_sts_harness import (
+from tests.support.sts_harness import (
     free_port,
     make_tls,
     new_signing_dir,

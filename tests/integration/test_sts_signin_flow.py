@@ -1,7 +1,7 @@
 """Synced users signing in through the agents (docs/design.md §3.3), end to end in process.
 
 STS (in process) -> real RabbitMQ -> real agent SignInHandler with FakeDirectory (in
-process) -> STS, on throwaway tenants (see test_sts_signin_harness). Every row of
+process) -> STS, on throwaway tenants (see tests.support.signin_harness). Every row of
 the table of docs/design.md §5 is checked through the token endpoint, and the dispatcher's
 defences: no consumer, silence, forged and cross-tenant replies, late replies, lockout,
 two replicas, the sign-in log and the agent key cache's NOTIFY refresh.
@@ -35,8 +35,7 @@ from sts.agent_keys import AGENT_KEYS
 from sts.signin import PASSWORD_VALIDATOR, SignInContext
 from sts.signin_log import SIGN_IN_LOG
 from sts.tenants import Tenant
-from tests.integration.test_sts_harness import private_database
-from tests.integration.test_sts_signin_harness import (
+from tests.support.signin_harness import (
     AgentIdentity,
     Consumer,
     SigninSts,
@@ -49,6 +48,7 @@ from tests.integration.test_sts_signin_harness import (
     signin_sts,
     until,
 )
+from tests.support.sts_harness import private_database
 
 pytestmark = pytest.mark.stack
 

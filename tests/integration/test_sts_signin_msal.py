@@ -31,8 +31,7 @@ from infra.stack import Stack
 from sts.app import create_app
 from sts.main import CannotListen, listen_addresses, serve
 from sts.settings import StsSettings
-from tests.integration.test_sts_harness import CA_SCOPE, make_tls, private_database
-from tests.integration.test_sts_signin_harness import (
+from tests.support.signin_harness import (
     ThrowawayTenant,
     consuming,
     create_tenant,
@@ -40,6 +39,7 @@ from tests.integration.test_sts_signin_harness import (
     signin_settings,
     wait_started,
 )
+from tests.support.sts_harness import CA_SCOPE, make_tls, private_database
 
 pytestmark = pytest.mark.stack
 

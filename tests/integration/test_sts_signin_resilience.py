@@ -30,8 +30,7 @@ from infra.stack import Stack
 from sts.agent_keys import AGENT_KEYS, LISTEN_APPLICATION_NAME
 from sts.app import create_app
 from sts.signin import PASSWORD_VALIDATOR
-from tests.integration.test_sts_harness import private_database
-from tests.integration.test_sts_signin_harness import (
+from tests.support.signin_harness import (
     Consumer,
     consuming,
     create_tenant,
@@ -40,6 +39,7 @@ from tests.integration.test_sts_signin_harness import (
     signin_sts,
     until,
 )
+from tests.support.sts_harness import private_database
 
 pytestmark = pytest.mark.stack
 

@@ -19,7 +19,7 @@ import structlog
 from structlog.contextvars import merge_contextvars
 
 from infra.stack import Stack
-from tests.integration.test_sts_harness import AGENT, CA_SCOPE, Sts, error_of, running_sts
+from tests.support.sts_harness import AGENT, CA_SCOPE, Sts, error_of, running_sts
 
 pytestmark = pytest.mark.stack
 

@@ -34,7 +34,7 @@ from tests.e2e.support import (
     stack_doc,
     tenant_doc,
 )
-from tests.integration.test_ca_harness import (  # noqa: F401 - fixtures, used by name
+from tests.support.ca_harness import (  # noqa: F401 - fixtures, used by name
     Pki,
     TenantFactory,
     bearer,

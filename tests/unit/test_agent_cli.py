@@ -30,7 +30,7 @@ from agent.signin import AccessToken, DeviceCode, Login, OAuthError, PasswordLog
 from agent.sync import DirectoryUser, SourceResult
 from common import pki
 from common.wire import Status
-from tests.unit.test_agent_state import NOW, Issued, issue, saved_registration
+from tests.support.agent_state import NOW, Issued, issue, saved_registration
 
 PASSWORD = "Pa55-marker-7f3c9e"
 SERVICE_PASSWORD = "svc-marker-51d0"

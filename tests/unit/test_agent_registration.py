@@ -13,7 +13,7 @@ from agent import registration
 from agent.cloud import IssuedCertificate
 from agent.registration import CertificateMismatch, check_issued
 from common import pki
-from tests.unit.test_agent_state import Issued, issue
+from tests.support.agent_state import Issued, issue
 
 NOW = dt.datetime.now(dt.UTC)
 

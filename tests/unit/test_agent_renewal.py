@@ -14,6 +14,7 @@ from ca.leases import Held
 from common import pki
 from common.wire import Status
 from sts.dispatcher import ReplyCheck, check_reply
+from tests.support.agent_state import issue, saved_registration
 from tests.unit.test_agent_consumer import (
     AGENT_ID,
     PASSWORD,
@@ -24,7 +25,6 @@ from tests.unit.test_agent_consumer import (
     _request,
     _rig,
 )
-from tests.unit.test_agent_state import issue, saved_registration
 
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 

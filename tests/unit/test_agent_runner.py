@@ -28,7 +28,7 @@ from agent.heartbeat import Health, HeartbeatStatus, heartbeat_loop
 from agent.https import Unreachable
 from agent.settings import Settings, load_settings
 from common.contracts import tenant_queue
-from tests.unit.test_agent_state import Issued, issue, saved_registration
+from tests.support.agent_state import Issued, issue, saved_registration
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from agent.sync import (
     push,
     sync_once,
 )
+from tests.support.agent_state import issue, saved_registration
 from tests.unit.test_agent_runner import (  # the fixtures are used by name
     FakeCa,
     directory,  # noqa: F401
@@ -33,7 +34,6 @@ from tests.unit.test_agent_runner import (  # the fixtures are used by name
     links,  # noqa: F401
     settings_for,
 )
-from tests.unit.test_agent_state import issue, saved_registration
 
 ENTRY_UUID = "8C2B6E5A-0F8E-103F-8D3A-3D6B1E2C4F5A"
 OPENLDAP = {"login_attribute": "uid", "domain": "contoso.test", "kind": "openldap"}

@@ -1,0 +1,1 @@
+"""Test support: harnesses, fakes and builders shared by test modules (no tests here)."""
