@@ -270,6 +270,10 @@ async def test_credentials_are_rotated_and_the_link_replaced(
     )
     async with asyncio.timeout(30):
         await rotated.wait()
+        # The new link replaces the old one after the second bootstrap answered: wait for
+        # that (on a busy machine heartbeats can come first), not for a fixed time.
+        while "broker_credentials_rotated" not in log_output.getvalue():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # a log stream has no event to await
     before = len(agent.heartbeats)
     cloud.heartbeat_seen.clear()
     async with asyncio.timeout(30):
