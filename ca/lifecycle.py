@@ -41,8 +41,7 @@ from ca.mtls import PTA_ISSUER
 from ca.queries import AgentRecord
 from ca.renewal import sweep_agents, sweep_expired
 from ca.resources import CLOCK, SETTINGS
-from ca.revocation import CRLS
-from common.contracts import agent_broker_user
+from ca.revocation import CRLS, retire_agent
 
 log = structlog.get_logger("ca.lifecycle")
 
@@ -142,17 +141,7 @@ async def note_instance(
         revoked=revoke,
     )
     if revoke:
-        await queries.insert_revocation(
-            conn,
-            issuer=PTA_ISSUER,
-            serial=agent.cert_serial,
-            tenant_id=agent.tenant_id,
-            agent_id=agent.id,
-            reason=CLONE_REASON,
-            now=now,
-        )
-        await broker.delete_user(agent_broker_user(agent.id))
-        await queries.delete_agent(conn, agent.tenant_id, agent.id)
+        await retire_agent(conn, broker, agent, reason=CLONE_REASON, now=now)
         log.warning("agent_clone_revoked", agent_id=agent.id, tenant_id=agent.tenant_id)
     return revoke
 

@@ -64,9 +64,8 @@ from ca.errors import (
 from ca.mtls import EXPIRED, PTA_ISSUER, SUPERSEDED, certificate_identity, verified_agent
 from ca.queries import AgentRecord
 from ca.resources import AUTHORITY, BROKER, CLOCK, POOL, SETTINGS
-from ca.revocation import CRLS
+from ca.revocation import CRLS, retire_agent
 from common import pki
-from common.contracts import agent_broker_user
 
 log = structlog.get_logger("ca.renewal")
 
@@ -298,21 +297,11 @@ async def sweep_agents(
             if not found:
                 break
             agent = found[0]
-            await queries.insert_revocation(
-                conn,
-                issuer=PTA_ISSUER,
-                serial=agent.cert_serial,
-                tenant_id=agent.tenant_id,
-                agent_id=agent.id,
-                reason=reason,
-                now=now,
-            )
             try:
-                await app[BROKER].delete_user(agent_broker_user(agent.id))
+                await retire_agent(conn, app[BROKER], agent, reason=reason, now=now)
             except BrokerUnavailable as exc:
                 log.warning("agent_sweep_postponed", agent_id=agent.id, error=str(exc))
                 raise
-            await queries.delete_agent(conn, agent.tenant_id, agent.id)
         log.warning(
             event,
             agent_id=agent.id,

@@ -19,9 +19,11 @@ replica's cached PTA CRL at once.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import asyncpg
 import structlog
@@ -29,6 +31,7 @@ from aiohttp import web
 
 from ca import queries
 from ca.authority import Authority, serial_int
+from ca.broker_admin import BrokerAdmin
 from ca.errors import AgentNotFound
 from ca.mtls import PTA_ISSUER
 from ca.resources import BROKER, CLOCK, POOL, VERIFIER, Clock
@@ -40,6 +43,45 @@ log = structlog.get_logger("ca.revocation")
 
 SERVICE_ISSUER = "service"
 CRL_CONTENT_TYPE = "application/pkix-crl"
+
+
+class RetiringAgent(Protocol):
+    """What ending an agent needs to know of it (an agents row, or an expired one)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def cert_serial(self) -> str: ...
+
+
+async def retire_agent(
+    conn: asyncpg.Connection,
+    broker: BrokerAdmin,
+    agent: RetiringAgent,
+    *,
+    reason: str,
+    now: dt.datetime,
+) -> None:
+    """End an agent for good, inside the caller's transaction: its serial on the PTA CRL
+    with ``reason``, its broker user deleted (a live connection is closed), its row
+    deleted. The one way an agent leaves: an admin's delete, expiry, inactivity, a clone.
+
+    Raises BrokerUnavailable (the transaction then rolls back; deleting the broker user
+    again later is harmless).
+    """
+    await queries.insert_revocation(
+        conn,
+        issuer=PTA_ISSUER,
+        serial=agent.cert_serial,
+        tenant_id=agent.tenant_id,
+        agent_id=agent.id,
+        reason=reason,
+        now=now,
+    )
+    await broker.delete_user(agent_broker_user(agent.id))
+    await queries.delete_agent(conn, agent.tenant_id, agent.id)
 
 
 async def delete_agent(request: web.Request) -> web.Response:
@@ -54,17 +96,7 @@ async def delete_agent(request: web.Request) -> web.Response:
         agent = await queries.get_agent(conn, admin.tenant_id, agent_id, lock=True)
         if agent is None:
             raise AgentNotFound()
-        await queries.insert_revocation(
-            conn,
-            issuer=PTA_ISSUER,
-            serial=agent.cert_serial,
-            tenant_id=agent.tenant_id,
-            agent_id=agent.id,
-            reason="agent_deleted",
-            now=now,
-        )
-        await request.app[BROKER].delete_user(agent_broker_user(agent.id))
-        await queries.delete_agent(conn, admin.tenant_id, agent.id)
+        await retire_agent(conn, request.app[BROKER], agent, reason="agent_deleted", now=now)
     request.app[CRLS].invalidate(PTA_ISSUER)
     log.info("agent_deleted", agent_id=agent.id, serial=agent.cert_serial, admin=admin.object_id)
     return web.Response(status=204)
