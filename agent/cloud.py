@@ -187,17 +187,9 @@ class IssuedCertificate(BaseModel):
     kid: str
 
 
-class RenewedCertificate(BaseModel):
-    """``POST /agents/renew`` answer (200)."""
+class RenewedCertificate(IssuedCertificate):
+    """``POST /agents/renew`` answer (200): the registration answer and the new serial."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    agent_id: str
-    tenant_id: str
-    certificate: str
-    ca_certificate: str
-    not_after: AwareDatetime
-    kid: str
     serial: str
 
 

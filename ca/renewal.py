@@ -258,7 +258,7 @@ def renewal_state(
         return "in_progress"
     if agent.cert_not_after <= now:
         return "expired"
-    if now >= agent.cert_not_after - dt.timedelta(days=renew_before_days):
+    if should_renew(agent.cert_not_after, now=now, renew_before_days=renew_before_days):
         return "due"
     return "not_due"
 
